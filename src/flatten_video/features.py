@@ -1,0 +1,141 @@
+"""Plug-and-play feature injection (DESIGN.md 1.6).
+
+During inversion the source video's features are recorded at the timesteps that sampling will
+visit; during the first ``inject_steps`` of sampling they replace the freshly computed ones, in
+both halves of the guidance batch.
+
+Two ways to have the source features at sampling time:
+
+- ``"stored"``: keep each feature (one copy, since the guidance halves of the paper's inversion
+  are identical) off the accelerator, in ``storage_dtype``.
+- ``"recompute"``: keep only the latents that inversion fed to the U-Net at those timesteps, and
+  put them in front of the sampling batch, so the source features are computed afresh in the same
+  U-Net call and handed to the other rows.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+FEATURE_MODES = ("stored", "recompute")
+
+#: Residual-branch outputs (after ``conv2``) whose features are injected.
+RESNET_POINTS = ("up_blocks.1.resnets.0", "up_blocks.1.resnets.1", "up_blocks.2.resnets.0")
+
+#: Self-attention layers whose query and key are injected.
+ATTENTION_POINTS = tuple(
+    f"{block}.transformer_blocks.0.attn1"
+    for block in (
+        "up_blocks.1.attentions.1",
+        "up_blocks.1.attentions.2",
+        "up_blocks.2.attentions.0",
+        "up_blocks.2.attentions.1",
+        "up_blocks.2.attentions.2",
+        "up_blocks.3.attentions.0",
+    )
+)
+
+
+def check_injection_points(unet: torch.nn.Module) -> None:
+    """Raise a clear error when the U-Net lacks a module that features are injected at."""
+    names = {name for name, _ in unet.named_modules()}
+    missing = [p for p in RESNET_POINTS + ATTENTION_POINTS if p not in names]
+    if missing:
+        raise ValueError(
+            "this U-Net lacks the layers that FLATTEN injects features at (a Stable Diffusion 1.x/2.x "
+            f"layout is expected): {', '.join(missing)}. Run with inject_steps=0 to edit without injection."
+        )
+
+
+class FeatureStore:
+    """Records source features per timestep and hands them back, for every injection point.
+
+    Processors and hooks call :meth:`process` with a layer's fresh output; what they get back
+    depends on the store's state:
+
+    - idle (the default): the output itself;
+    - ``capturing(t)``: the output itself, and a copy is kept under (t, name);
+    - ``injecting(t)``: the copy kept at t, repeated for every video of the batch;
+    - ``sharing(rows)``: the first ``rows`` rows of the output (the source video's, computed in
+      the same call) repeated for every video of the batch.
+
+    Args:
+        storage_dtype: dtype the recorded features are kept in.
+        storage_device: where they are kept (default: the CPU, off the accelerator).
+    """
+
+    def __init__(self, storage_dtype: torch.dtype = torch.float16, storage_device: torch.device | str = "cpu"):
+        self.storage_dtype = storage_dtype
+        self.storage_device = torch.device(storage_device)
+        self.features: dict[int, dict[str, torch.Tensor]] = {}
+        self._capture_at: int | None = None
+        self._inject_at: int | None = None
+        self._share_rows: int | None = None
+
+    @contextmanager
+    def capturing(self, timestep: int):
+        self._capture_at = int(timestep)
+        self.features.setdefault(self._capture_at, {})
+        try:
+            yield self
+        finally:
+            self._capture_at = None
+
+    @contextmanager
+    def injecting(self, timestep: int):
+        timestep = int(timestep)
+        if timestep not in self.features:
+            raise KeyError(f"no features were recorded at timestep {timestep}")
+        self._inject_at = timestep
+        try:
+            yield self
+        finally:
+            self._inject_at = None
+
+    @contextmanager
+    def sharing(self, rows: int):
+        self._share_rows = rows
+        try:
+            yield self
+        finally:
+            self._share_rows = None
+
+    def process(self, name: str, output: torch.Tensor) -> torch.Tensor:
+        """A layer's output (B*F, ...) -> the tensor the layer should go on with."""
+        if self._capture_at is not None:
+            stored = output.detach().to(self.storage_device, self.storage_dtype, copy=True)
+            self.features[self._capture_at][name] = stored
+            return output
+        if self._inject_at is not None:
+            source = self.features[self._inject_at][name].to(output.device, output.dtype)
+        elif self._share_rows is not None:
+            source = output[: self._share_rows]
+        else:
+            return output
+        return source.repeat(output.shape[0] // source.shape[0], *([1] * (source.ndim - 1)))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the recorded features."""
+        return sum(t.numel() * t.element_size() for step in self.features.values() for t in step.values())
+
+
+def attach_resnet_hooks(unet: torch.nn.Module, context) -> list:
+    """Route the residual branch of every injection ResNet through ``context.features``.
+
+    Returns the hook handles.
+    """
+    handles = []
+    modules = dict(unet.named_modules())
+    for name in RESNET_POINTS:
+        if name not in modules:
+            continue
+
+        def hook(module, inputs, output, name=name):
+            store = context.features
+            return output if store is None else store.process(name, output)
+
+        handles.append(modules[name].conv2.register_forward_hook(hook))
+    return handles
