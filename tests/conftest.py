@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random-weight Stable Diffusion folders, loaded the way users load models.
+
+Nothing here reaches the network: the hub is switched off and torch's cache points to a
+temporary folder, so RAFT weights are never found and never downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="flatten-video-torch-home-")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+REFERENCE_CASES = SHARED / "reference-cases"
+TINY_SD = REFERENCE_CASES / "tiny-sd"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def require_reference(path: pathlib.Path) -> pathlib.Path:
+    if not path.exists():
+        pytest.fail(f"reference data missing at {path}: ../shared must sit beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_path(tmp_path_factory) -> pathlib.Path:
+    """The paper-reference tiny SD (SD 1.x layout: heads given, conv projections), copied so
+    nothing writes beside ../shared."""
+    target = tmp_path_factory.mktemp("models") / "tiny-sd"
+    shutil.copytree(require_reference(TINY_SD), target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_sd21_path(tmp_path_factory, tiny_sd_path) -> pathlib.Path:
+    """The same tiny SD with an SD 2.x-layout U-Net: head dims per block, linear projections."""
+    from diffusers import UNet2DConditionModel
+
+    target = tmp_path_factory.mktemp("models") / "tiny-sd21"
+    shutil.copytree(tiny_sd_path, target)
+    config = UNet2DConditionModel.load_config(tiny_sd_path / "unet")
+    config.update(attention_head_dim=[2, 4, 8, 8], use_linear_projection=True)
+    torch.manual_seed(21)
+    unet = UNet2DConditionModel.from_config(config)
+    shutil.rmtree(target / "unet")
+    unet.save_pretrained(target / "unet", safe_serialization=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_sd_path):
+    from flatten_video import FlattenPipeline
+
+    pipe = FlattenPipeline.from_pretrained(tiny_sd_path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def moving_texture(frames: int = 4, height: int = 64, width: int = 96, shift: int = 8, seed: int = 0) -> torch.Tensor:
+    """A smooth random texture panning right by ``shift`` px per frame: (F, 3, H, W) in [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, height // 8, (width + shift * frames) // 8 + 1, generator=generator)
+    big = torch.nn.functional.interpolate(coarse, scale_factor=8, mode="bicubic", align_corners=False).clamp(0, 1)[0]
+    return torch.stack([big[:, :height, shift * (frames - t) : shift * (frames - t) + width] for t in range(frames)])

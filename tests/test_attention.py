@@ -1,0 +1,204 @@
+"""Flow-guided attention, the FLATTEN processor and video-wide GroupNorm on tiny random U-Nets."""
+
+import math
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from safetensors.torch import load_file
+
+from conftest import REFERENCE_CASES, require_reference
+from flatten_video import FlattenAttnProcessor, FlattenContext, Trajectories, flow_guided_attention, install_flatten
+from flatten_video.attention import VideoGroupNorm
+from flatten_video.trajectories import sample_trajectories
+
+
+def reference_flow_guided(hidden, labels, heads, query=None, key=None):
+    """Per-trajectory loop: softmax(q k^T / sqrt(d)) v over the tokens of each trajectory."""
+    query = hidden if query is None else query
+    key = hidden if key is None else key
+    batch, tokens, channels = hidden.shape
+    d = channels // heads
+    flat = labels.reshape(-1)
+    out = torch.empty_like(hidden)
+    for b in range(batch):
+        for trajectory in torch.unique(flat).tolist():
+            members = torch.nonzero(flat == trajectory).squeeze(1)
+            for head in range(heads):
+                cols = slice(head * d, (head + 1) * d)
+                q, k, v = query[b, members, cols], key[b, members, cols], hidden[b, members, cols]
+                weights = torch.softmax(q @ k.T / math.sqrt(d), dim=-1)
+                out[b, members, cols] = weights @ v
+    return out
+
+
+def random_trajectories(frames=4, size=(6, 10), seed=0, scale=10.0):
+    generator = torch.Generator().manual_seed(seed)
+    flows = torch.randn(frames - 1, 2, 3, 5, generator=generator) * scale
+    flows = torch.nn.functional.interpolate(flows, size=(size[0] * 8, size[1] * 8), mode="bilinear")
+    return sample_trajectories(flows, size, generator)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_flow_guided_attention_matches_loop_reference(heads):
+    trajectories = random_trajectories()
+    assert any(g.shape[1] >= 3 for g in trajectories.groups)
+    tokens = trajectories.labels.numel()
+    hidden = torch.randn(2, tokens, 8, dtype=torch.float64)
+    ours = flow_guided_attention(hidden, trajectories, heads)
+    reference = reference_flow_guided(hidden, trajectories.labels, heads)
+    assert torch.allclose(ours, reference, atol=1e-10, rtol=0)
+
+
+def test_flow_guided_attention_with_separate_query_and_key():
+    trajectories = random_trajectories(seed=1)
+    tokens = trajectories.labels.numel()
+    hidden, query, key = torch.randn(3, 2, tokens, 8, dtype=torch.float64)
+    ours = flow_guided_attention(hidden, trajectories, 2, query=query, key=key)
+    reference = reference_flow_guided(hidden, trajectories.labels, 2, query=query, key=key)
+    assert torch.allclose(ours, reference, atol=1e-10, rtol=0)
+
+
+def test_flow_guided_attention_rejects_wrong_token_count():
+    trajectories = random_trajectories()
+    with pytest.raises(ValueError, match="tokens"):
+        flow_guided_attention(torch.randn(1, 7, 8), trajectories, 2)
+
+
+def make_attention(channels=16, heads=4):
+    torch.manual_seed(0)
+    return Attention(query_dim=channels, heads=heads, dim_head=channels // heads).eval()
+
+
+def test_spatial_mode_equals_stock_processor():
+    attn = make_attention()
+    hidden = torch.randn(3 * 2, 24, 16)
+    stock = AttnProcessor2_0()(attn, hidden)
+    context = FlattenContext(num_frames=3, attention_mode="spatial")
+    ours = FlattenAttnProcessor(context, "down_blocks.0.attentions.0.transformer_blocks.0.attn1")(attn, hidden)
+    assert torch.allclose(ours, stock, atol=1e-6)
+
+
+def test_dense_attention_spans_the_frames_of_each_video_only():
+    attn = make_attention()
+    frames, tokens = 3, 24
+    hidden = torch.randn(2 * frames, tokens, 16)
+    context = FlattenContext(num_frames=frames, attention_mode="dsta")
+    ours = FlattenAttnProcessor(context, "x.attn1")(attn, hidden)
+    # Reference: each video as one long image through the stock processor.
+    as_images = hidden.reshape(2, frames * tokens, 16)
+    reference = AttnProcessor2_0()(attn, as_images).reshape(2 * frames, tokens, 16)
+    assert torch.allclose(ours, reference, atol=1e-6)
+
+
+def test_flatten_changes_dsta_output_only_where_trajectories_are_known():
+    attn = make_attention()
+    trajectories = random_trajectories(frames=3, size=(4, 6))
+    hidden = torch.randn(2 * 3, 24, 16)
+    dsta = FlattenAttnProcessor(FlattenContext(num_frames=3, attention_mode="dsta"), "x.attn1")(attn, hidden)
+    context = FlattenContext(num_frames=3, trajectories={(4, 6): trajectories})
+    full = FlattenAttnProcessor(context, "x.attn1")(attn, hidden)
+    assert not torch.allclose(full, dsta, atol=1e-4)
+    context.trajectories = {(8, 12): trajectories}  # another grid: no flow-guided attention here
+    assert torch.allclose(FlattenAttnProcessor(context, "x.attn1")(attn, hidden), dsta, atol=1e-6)
+
+
+def test_variants_follow_their_definitions():
+    attn = make_attention()
+    trajectories = random_trajectories(frames=3, size=(4, 6))
+    hidden = torch.randn(2 * 3, 24, 16)
+    outputs = {}
+    for variant in ("II", "I", "source-qk"):
+        context = FlattenContext(num_frames=3, variant=variant, trajectories={(4, 6): trajectories})
+        outputs[variant] = FlattenAttnProcessor(context, "x.attn1")(attn, hidden)
+    # Combination II by hand: DSTA output H, flow-guided with q = k = v = H, then to_out.
+    with torch.no_grad():
+        q, k, v = attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden)
+        from flatten_video.attention import multihead_attention
+
+        h = multihead_attention(q, k, v, attn.heads, 3).reshape(2, -1, 16)
+        expected_ii = attn.to_out[0](reference_flow_guided(h, trajectories.labels, attn.heads).reshape(6, 24, 16))
+        expected_i = attn.to_out[0](
+            reference_flow_guided(attn.to_v(h), trajectories.labels, attn.heads, attn.to_q(h), attn.to_k(h)).reshape(6, 24, 16)
+        )
+        expected_qk = attn.to_out[0](
+            reference_flow_guided(h, trajectories.labels, attn.heads, q.reshape(2, -1, 16), k.reshape(2, -1, 16)).reshape(6, 24, 16)
+        )
+    assert torch.allclose(outputs["II"], expected_ii, atol=1e-5)
+    assert torch.allclose(outputs["I"], expected_i, atol=1e-5)
+    assert torch.allclose(outputs["source-qk"], expected_qk, atol=1e-5)
+
+
+def test_video_group_norm_takes_statistics_over_the_video():
+    norm = torch.nn.GroupNorm(4, 16)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2 * 3, 16, 5, 7)
+    wrapped = VideoGroupNorm(norm, FlattenContext(num_frames=3))
+    video = x.reshape(2, 3, 16, 5, 7).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w), the paper's layout
+    expected = norm(video).permute(0, 2, 1, 3, 4).reshape(x.shape)
+    assert torch.allclose(wrapped(x), expected, atol=1e-6)
+    assert not torch.allclose(norm(x), expected, atol=1e-3)
+    assert wrapped.weight is norm.weight
+
+
+@pytest.fixture(scope="module")
+def unet_pair(tiny_sd_path):
+    stock = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet").eval()
+    inflated = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet").eval()
+    context = FlattenContext(num_frames=1, attention_mode="dsta")
+    install_flatten(inflated, context)
+    return stock, inflated, context
+
+
+def test_install_keeps_the_state_dict(unet_pair):
+    stock, inflated, _ = unet_pair
+    assert stock.state_dict().keys() == inflated.state_dict().keys()
+    assert sum(isinstance(m, VideoGroupNorm) for m in inflated.modules()) > 0
+
+
+def test_identical_frames_through_dsta_equal_the_image_model(unet_pair):
+    stock, inflated, context = unet_pair
+    frames = 3
+    torch.manual_seed(0)
+    latent = torch.randn(1, 4, 8, 8)
+    text = torch.randn(1, 77, 32)
+    context.num_frames, context.attention_mode = frames, "dsta"
+    with torch.no_grad():
+        image = stock(latent, 301, encoder_hidden_states=text).sample
+        video = inflated(latent.repeat(frames, 1, 1, 1), 301, encoder_hidden_states=text.repeat(frames, 1, 1)).sample
+    for t in range(frames):
+        assert torch.allclose(video[t], image[0], atol=1e-5)
+
+
+def test_flatten_changes_the_unet_output_on_non_square_latents(unet_pair):
+    _, inflated, context = unet_pair
+    frames, size = 3, (8, 12)
+    torch.manual_seed(1)
+    latents = torch.randn(frames, 4, *size)
+    text = torch.randn(frames, 77, 32)
+    context.num_frames = frames
+    outputs = {}
+    for mode in ("dsta", "dsta+flatten"):
+        context.attention_mode = mode
+        context.trajectories = {size: random_trajectories(frames=frames, size=size)}
+        with torch.no_grad():
+            outputs[mode] = inflated(latents, 301, encoder_hidden_states=text).sample
+    assert outputs["dsta"].shape == (frames, 4, *size)
+    assert (outputs["dsta+flatten"] - outputs["dsta"]).abs().max() > 1e-4
+
+
+def test_reproduces_the_paper_unet_forward(tiny_sd_path):
+    """Faithfulness: one U-Net forward of the paper's code (DSTA + FLATTEN II at 64x64)."""
+    case = load_file(require_reference(REFERENCE_CASES / "paper-unet" / "case.safetensors"))
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet").eval()
+    videos, channels, frames, h, w = case["latents"].shape
+    context = FlattenContext(num_frames=frames, trajectories={(h, w): Trajectories.from_labels(case["labels"])})
+    install_flatten(unet, context)
+    sample = case["latents"].permute(0, 2, 1, 3, 4).reshape(videos * frames, channels, h, w)
+    text = case["encoder_hidden_states"].repeat_interleave(frames, 0)
+    with torch.no_grad():
+        out = unet(sample, 501, encoder_hidden_states=text).sample
+    out = out.reshape(videos, frames, channels, h, w).permute(0, 2, 1, 3, 4)
+    assert (out - case["expected_output"]).abs().max() < 1e-5
