@@ -120,21 +120,35 @@ def test_recompute_mode_gives_the_stored_mode_features_and_output(tiny_pipe, sou
 def test_inversion_round_trip_returns_near_the_source(tiny_pipe, source):
     """Invert, then sample with the empty prompt, guidance 1 and injection on every step.
 
-    DDIM inversion is a first-order ODE solve, and the paper's schedule starts sampling one
-    inversion step below the level it reached, so the round trip is not exact: its error falls
-    with the step size. Bound: within 10% of the latents' norm at 50 sampling steps (it is ~1% here),
-    and smaller than with 5 steps.
+    A random U-Net is no denoiser: its noise predictions swing with its input, so DDIM's
+    round trip diverges on it. Damping its output 1000x keeps every path (FLATTEN, injection,
+    both schedules) but makes the noise prediction nearly constant, which is where the round
+    trip is exact up to the schedules' ends: inversion scales the latent by
+    sqrt(a[T_inv] / a[1]), and sampling, which starts one inversion step lower (at the
+    paper's t = 981 while z_T sits at 991), by sqrt(a_final / a[T_sample]). The result must
+    equal the source times that factor, to 1% (the damped predictions' share). Any slip in the
+    timestep walk changes the factor by several percent.
     """
     _, trajectories, latents = source
-    errors = {}
-    for steps in (5, 50):
-        inversion = tiny_pipe.invert(
-            latents, trajectories, num_inversion_steps=2 * steps, num_inference_steps=steps, inject_steps=steps
-        )
+    conv_out = tiny_pipe.unet.conv_out
+    saved = [p.detach().clone() for p in conv_out.parameters()]
+    try:
+        with torch.no_grad():
+            for p in conv_out.parameters():
+                p.mul_(1e-3)
+        inversion = tiny_pipe.invert(latents, trajectories, num_inversion_steps=100, num_inference_steps=50, inject_steps=50)
         back = tiny_pipe.sample(inversion, "", guidance_scale=1.0)
-        errors[steps] = ((back - latents).norm() / latents.norm()).item()
-    assert errors[50] < 0.1
-    assert errors[50] < errors[5]
+    finally:
+        with torch.no_grad():
+            for p, value in zip(conv_out.parameters(), saved):
+                p.copy_(value)
+    alphas = tiny_pipe.scheduler.alphas_cumprod
+    final = tiny_pipe.scheduler.final_alpha_cumprod
+    factor = torch.sqrt(alphas[991] / alphas[1] * final / alphas[981])
+    error = (back - factor * latents).norm() / latents.norm()
+    assert error < 0.01
+    # So the round trip lands within the paper's schedule bias (|1 - factor|, about 6%) plus 1%.
+    assert (back - latents).norm() / latents.norm() < (1 - factor) + 0.01
 
 
 def test_callback_on_step_end_sees_and_replaces_latents(tiny_pipe, source):
