@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 FLOW_METHODS = ("raft", "dis")
+_RAFT_MIN_SIZE = 128
 
 
 class FlowWeightsUnavailable(RuntimeError):
@@ -85,10 +86,10 @@ def load_raft(device: torch.device | str = "cpu") -> torch.nn.Module:
     return model.eval().to(device)
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def _pad_to_multiple(x: torch.Tensor, multiple: int, minimum: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:
     height, width = x.shape[-2:]
-    pad_h = (-height) % multiple
-    pad_w = (-width) % multiple
+    pad_h = max(minimum - height, (-height) % multiple)
+    pad_w = max(minimum - width, (-width) % multiple)
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
     return x, (height, width)
@@ -98,8 +99,9 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tupl
 def _raft_flow(frames, *, device, chunk_size, model, progress) -> torch.Tensor:
     device = torch.device(device) if device is not None else frames.device
     model = load_raft(device) if model is None else model.eval().to(device)
-    # RAFT expects [-1, 1] inputs whose sides are multiples of 8.
-    images, (height, width) = _pad_to_multiple(frames.float() * 2 - 1, 8)
+    # RAFT expects [-1, 1] inputs whose sides are multiples of 8, and at least 128 px: its 4-level
+    # correlation pyramid halves the 1/8-size feature maps three times.
+    images, (height, width) = _pad_to_multiple(frames.float() * 2 - 1, 8, minimum=_RAFT_MIN_SIZE)
     pairs = frames.shape[0] - 1
     flows = []
     for start in tqdm(range(0, pairs, chunk_size), desc="Optical flow (RAFT)", disable=not progress):
