@@ -25,6 +25,22 @@ TINY_SD = REFERENCE_CASES / "tiny-sd"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    # huggingface_hub reads HF_HUB_OFFLINE when it is first imported, possibly before this file ran.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="session")
+def clip_path(tmp_path_factory) -> str:
+    """A tiny random CLIP (model and processor) saved with save_pretrained."""
+    from metrics_fixtures import save_tiny_clip
+
+    return str(save_tiny_clip(tmp_path_factory.mktemp("tiny_clip")))
+
+
 def require_reference(path: pathlib.Path) -> pathlib.Path:
     if not path.exists():
         pytest.fail(f"reference data missing at {path}: ../shared must sit beside the checkout")

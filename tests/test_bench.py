@@ -20,23 +20,10 @@ from flatten_video.pipeline import FlattenPipeline
 from flatten_video.video import read_video, write_video
 
 from conftest import moving_texture
-from metrics_fixtures import recolour, save_tiny_clip
+from metrics_fixtures import recolour
 
 HEADER = ["Video name", "Our GT caption", "Style Change Caption", "Object Change Caption",
           "Background Change Caption", "Multiple Changes Caption"]
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    # huggingface_hub reads HF_HUB_OFFLINE at import, possibly before conftest set it.
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
-@pytest.fixture(scope="session")
-def clip_path(tmp_path_factory):
-    return str(save_tiny_clip(tmp_path_factory.mktemp("tiny_clip")))
 
 
 def write_frames(folder, frames=4, seed=0):

@@ -23,22 +23,9 @@ from flatten_video.metrics import (
     warp_error,
 )
 
-from metrics_fixtures import CLIP_MEAN, CLIP_STD, moving_texture, recolour, save_tiny_clip, translation_flows
+from metrics_fixtures import CLIP_MEAN, CLIP_STD, moving_texture, recolour, translation_flows
 
 PROMPT = "a cat in the snow"
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    # huggingface_hub reads HF_HUB_OFFLINE at import, possibly before this module set it.
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
-@pytest.fixture(scope="session")
-def clip_path(tmp_path_factory):
-    return str(save_tiny_clip(tmp_path_factory.mktemp("tiny_clip")))
 
 
 @pytest.fixture(scope="session")

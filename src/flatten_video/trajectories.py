@@ -131,26 +131,28 @@ def sample_trajectories(
     _check_flows(flows, size)
     h, w = size
     cells = h * w
-    steps = grid_flow(flows.detach().cpu(), (h, w))
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    labels = torch.empty(len(steps) + 1, cells, dtype=torch.long)
-    labels[0] = torch.arange(cells)
-    next_id = cells
-    for t, step in enumerate(steps):
-        ty = (ys + step[1]).reshape(-1)
-        tx = (xs + step[0]).reshape(-1)
-        inside = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
-        sources = torch.nonzero(inside).squeeze(1)
-        targets = (ty * w + tx)[inside]
-        # Distinct random priorities: the highest-priority source of each target continues,
-        # so every source of a conflict wins with equal probability.
-        priority = torch.randperm(cells, generator=generator)[sources]
-        best = torch.full((cells,), -1, dtype=torch.long).scatter_reduce(0, targets, priority, reduce="amax")
-        winner = priority == best[targets]
-        row = torch.full((cells,), -1, dtype=torch.long)
-        row[targets[winner]] = labels[t, sources[winner]]
-        fresh = row < 0
-        row[fresh] = torch.arange(next_id, next_id + int(fresh.sum()))
-        next_id += int(fresh.sum())
-        labels[t + 1] = row
-    return Trajectories.from_labels(labels.reshape(-1, h, w))
+    steps = grid_flow(flows.detach().cpu(), (h, w)).reshape(-1, 2, cells)
+    links = len(steps)
+    ys = torch.arange(h).repeat_interleave(w)
+    xs = torch.arange(w).repeat(h)
+    ty, tx = ys + steps[:, 1], xs + steps[:, 0]
+    inside = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
+    # Cells are numbered video-wide, t * cells + y * w + x; every link goes from frame t to t+1.
+    frame_start = (torch.arange(links) * cells)[:, None]
+    sources = (frame_start + torch.arange(cells))[inside]
+    targets = (frame_start + cells + ty * w + tx)[inside]
+    # Distinct random priorities per frame: the highest-priority source of each target
+    # continues, so every source of a conflict wins with equal probability.
+    priority = torch.stack([torch.randperm(cells, generator=generator) for _ in range(links)])[inside]
+    total = (links + 1) * cells
+    best = torch.full((total,), -1, dtype=torch.long).scatter_reduce(0, targets, priority, reduce="amax")
+    winner = priority == best[targets]
+    previous = torch.arange(total)
+    previous[targets[winner]] = sources[winner]
+    # Pointer jumping: every cell finds the first cell of its trajectory in log2(F) rounds.
+    head = previous
+    while not torch.equal(jumped := head[head], head):
+        head = jumped
+    # Trajectories are numbered by their first cell, which is their order of appearance.
+    labels = torch.unique(head, return_inverse=True)[1]
+    return Trajectories.from_labels(labels.reshape(links + 1, h, w))

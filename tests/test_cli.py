@@ -1,0 +1,240 @@
+"""Tests for the ``flatten-video edit`` command, run in-process through ``flatten_video.cli.main``.
+
+The end-to-end runs use the tiny random-weight Stable Diffusion from ../shared and DIS flow, so they need
+neither the network nor pretrained weights. User errors must come out as one line on stderr, a non-zero
+exit status, no traceback and no file left behind; ``--debug`` raises instead.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import urllib.error
+import warnings
+
+import av
+import pytest
+import torch
+import torchvision.models._api as tv_weights_api
+
+from conftest import moving_texture
+from flatten_video import cli
+from flatten_video.video import VideoError, read_video, write_video
+
+SOURCE_FRAMES = 6
+W, H = 96, 64  # non-square on purpose
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> pathlib.Path:
+    """A 6-frame 96x64 mp4 of a texture panning right."""
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    write_video(moving_texture(frames=SOURCE_FRAMES, height=H, width=W, shift=4), path, fps=8)
+    return path
+
+
+def edit_argv(video, output, model, *extra: str) -> list[str]:
+    """A fast ``edit`` command line: 3 frames at 96x64, 2 sampling steps, DIS flow, CPU."""
+    argv = ["edit", str(video), "--prompt", "a cat", "--model", str(model)]
+    argv += ["--frames", "3", "--width", str(W), "--height", str(H)]
+    argv += ["--steps", "2", "--inversion-steps", "4", "--inject-steps", "1", "--flow", "dis", "--device", "cpu"]
+    if output is not None:
+        argv += ["--output", str(output)]
+    return argv + list(extra)
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    status = cli.main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def stream_info(path: pathlib.Path) -> tuple[int, int, int]:
+    """(width, height, decoded frame count) of a video file, read with PyAV."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        count = sum(1 for _ in container.decode(stream))
+        return stream.width, stream.height, count
+
+
+def files_under(folder: pathlib.Path) -> set[pathlib.Path]:
+    return {p.relative_to(folder) for p in folder.rglob("*")}
+
+
+# ------------------------------------------------------------------------------------- end to end
+
+
+def test_edit_writes_a_non_square_mp4(clip, tiny_sd_path, tmp_path, capsys):
+    output = tmp_path / "out" / "edit.mp4"  # the folder does not exist yet
+    status, out, _ = run(edit_argv(clip, output, tiny_sd_path), capsys)
+
+    assert status == 0
+    assert out.strip() == f"wrote {output}"
+    assert stream_info(output) == (W, H, 3)
+    edited = read_video(output, num_frames=3, width=W, height=H)
+    assert edited.total_frames == 3
+    assert edited.frames.shape == (3, 3, H, W)
+    assert files_under(tmp_path / "out") == {pathlib.Path("edit.mp4")}  # no temporary file left
+
+
+def test_side_by_side_puts_the_source_left_of_the_edit(clip, tiny_sd_path, tmp_path, capsys):
+    output = tmp_path / "pair.mp4"
+    status, out, _ = run(edit_argv(clip, output, tiny_sd_path, "--side-by-side"), capsys)
+
+    assert status == 0
+    assert out.strip() == f"wrote {output}"
+    assert stream_info(output) == (2 * W, H, 3)
+    pair = read_video(output, num_frames=3, width=2 * W, height=H).frames
+    source = read_video(clip, num_frames=3, width=W, height=H).frames  # the frames the CLI sampled
+    assert (pair[..., :W] - source).abs().mean() < 0.03  # left half: the source, up to H.264 losses
+
+
+def test_gif_output(clip, tiny_sd_path, tmp_path, capsys):
+    output = tmp_path / "edit.gif"
+    status, out, _ = run(edit_argv(clip, output, tiny_sd_path), capsys)
+
+    assert status == 0
+    assert out.strip() == f"wrote {output}"
+    assert output.read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+    assert stream_info(output) == (W, H, 3)
+
+
+def test_default_output_is_named_after_the_video_in_the_working_folder(
+    clip, tiny_sd_path, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    status, out, _ = run(edit_argv(clip, None, tiny_sd_path), capsys)
+
+    assert status == 0
+    assert out.strip() == "wrote clip-flatten.mp4"
+    assert stream_info(tmp_path / "clip-flatten.mp4") == (W, H, 3)
+
+
+def test_raft_without_weights_offline_is_one_clear_line(clip, tiny_sd_path, tmp_path, capsys, monkeypatch):
+    """The default flow, RAFT, without cached weights and without network: the user is told about --flow dis."""
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(tv_weights_api, "load_state_dict_from_url", offline)
+    output = tmp_path / "edit.mp4"
+    argv = edit_argv(clip, output, tiny_sd_path)
+    argv[argv.index("dis")] = "raft"
+    status, out, err = run(argv, capsys)
+
+    assert status != 0
+    errors = [line for line in err.splitlines() if line.startswith("flatten-video:")]
+    assert len(errors) == 1
+    assert errors[0].startswith("flatten-video: error: RAFT weights could not be loaded")
+    assert "--flow dis" in errors[0]
+    assert "Traceback" not in err
+    assert out == ""
+    assert not output.exists()
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+@pytest.fixture
+def inputs(tmp_path) -> pathlib.Path:
+    """A folder of bad inputs beside a good clip."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("this is not a video\n")
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "a-file").write_text("a regular file, not a folder\n")
+    (folder / "taken.mp4").mkdir()  # a folder where the output should go
+    return folder
+
+
+# (id, how to build argv from (clip, inputs folder, output, tiny model), expected words in the message,
+#  whether the model may load before the error)
+BAD_INPUTS = [
+    ("missing-file", lambda c, i, o, m: edit_argv(i / "nope.mp4", o, m), r"no such file: .*nope\.mp4", False),
+    ("text-file", lambda c, i, o, m: edit_argv(i / "notes.txt", o, m), r"not a readable video file: .*notes\.txt", False),
+    ("empty-file", lambda c, i, o, m: edit_argv(i / "empty.mp4", o, m), r"empty file: .*empty\.mp4", False),
+    ("too-few-frames", lambda c, i, o, m: edit_argv(c, o, m, "--frames", "8"), r"has 6 frames.* 8 frames", False),
+    ("stride-too-long", lambda c, i, o, m: edit_argv(c, o, m, "--stride", "3"), r"has 6 frames.*stride 3 need 7", False),
+    ("frames-0", lambda c, i, o, m: edit_argv(c, o, m, "--frames", "0"), r"--frames must be at least 1, got 0", False),
+    ("frames-1", lambda c, i, o, m: edit_argv(c, o, m, "--frames", "1"), r"--frames must be at least 2", False),
+    ("steps-0", lambda c, i, o, m: edit_argv(c, o, m, "--steps", "0"), r"--steps must be at least 1, got 0", False),
+    ("inversion-steps-0", lambda c, i, o, m: edit_argv(c, o, m, "--inversion-steps", "0"), r"--inversion-steps must be at least 1", False),
+    ("inject-above-steps", lambda c, i, o, m: edit_argv(c, o, m, "--inject-steps", "3"), r"--inject-steps must be between 0 and --steps \(2\), got 3", False),
+    ("width-not-multiple-of-8", lambda c, i, o, m: edit_argv(c, o, m, "--width", "100"), r"--width must be a positive multiple of 8, got 100", False),
+    ("height-0", lambda c, i, o, m: edit_argv(c, o, m, "--height", "0"), r"--height must be a positive multiple of 8, got 0", False),
+    ("unwritable-output", lambda c, i, o, m: edit_argv(c, i / "a-file" / "edit.mp4", m), r"cannot write .*edit\.mp4: .*a-file is a file, not a folder", False),
+    ("output-is-a-folder", lambda c, i, o, m: edit_argv(c, i / "taken.mp4", m), r"output is a folder: .*taken\.mp4", False),
+    ("avi-output", lambda c, i, o, m: edit_argv(c, o.with_suffix(".avi"), m), r"output must end in \.mp4 or \.gif: .*edit\.avi", False),
+    ("no-extension", lambda c, i, o, m: edit_argv(c, o.with_suffix(""), m), r"output must end in \.mp4 or \.gif", False),
+    ("unknown-model-path", lambda c, i, o, m: edit_argv(c, o, i / "no-such-model"), r"could not load the Stable Diffusion model '.*no-such-model'", True),
+    ("folder-that-is-no-model", lambda c, i, o, m: edit_argv(c, o, i), r"could not load the Stable Diffusion model '.*inputs'", True),
+    ("unknown-hub-id", lambda c, i, o, m: edit_argv(c, o, "flatten-video-tests/no-such-model"), r"could not load the Stable Diffusion model 'flatten-video-tests/no-such-model'", True),
+]
+
+
+@pytest.mark.parametrize("make_argv, words, loads_model", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_is_one_error_line_and_leaves_no_file(
+    make_argv, words, loads_model, clip, inputs, tiny_sd_path, tmp_path, capsys, monkeypatch
+):
+    loads = []
+    if not loads_model:
+        # Input errors must be found before the (slow) model load.
+        monkeypatch.setattr(cli, "load_pipeline", lambda *args: loads.append(args))
+    output = tmp_path / "out" / "edit.mp4"
+    output.parent.mkdir()
+    argv = make_argv(clip, inputs, output, tiny_sd_path)
+    before = files_under(tmp_path)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # pytest hides warnings; run as a command they would go to stderr
+        status, out, err = run(argv, capsys)
+
+    assert status != 0
+    lines = err.splitlines() + [f"{w.category.__name__}: {w.message}" for w in caught]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("flatten-video: error: ")
+    assert "Traceback" not in err
+    assert re.search(words, lines[0]), lines[0]
+    assert out == ""
+    assert files_under(tmp_path) == before  # no output, no temporary file
+    assert loads == []
+
+
+# ------------------------------------------------------------------------------------ check order
+
+
+def test_bad_output_is_reported_before_the_model_loads(clip, inputs, capsys):
+    # The model does not exist either: had it been loaded first, its error would be the one shown.
+    argv = edit_argv(clip, inputs / "a-file" / "edit.mp4", inputs / "no-such-model")
+    status, _, err = run(argv, capsys)
+    assert status != 0
+    assert "a-file is a file, not a folder" in err
+    assert "Stable Diffusion" not in err
+
+
+def test_bad_video_is_reported_before_the_model_loads(inputs, tmp_path, capsys):
+    argv = edit_argv(inputs / "nope.mp4", tmp_path / "edit.mp4", inputs / "no-such-model")
+    status, _, err = run(argv, capsys)
+    assert status != 0
+    assert "no such file" in err
+    assert "Stable Diffusion" not in err
+
+
+def test_bad_arguments_are_reported_before_the_video_is_read(inputs, tmp_path, capsys):
+    argv = edit_argv(inputs / "nope.mp4", tmp_path / "edit.avi", inputs / "no-such-model", "--steps", "0")
+    status, _, err = run(argv, capsys)
+    assert status != 0
+    assert "--steps must be at least 1" in err
+
+
+# ------------------------------------------------------------------------------------------ --debug
+
+
+def test_debug_raises_instead_of_printing(inputs, tmp_path, capsys):
+    argv = edit_argv(inputs / "nope.mp4", tmp_path / "edit.mp4", inputs / "no-such-model")
+    with pytest.raises(VideoError, match="no such file"):
+        cli.main(["--debug", *argv])
+    with pytest.raises(ValueError, match="--steps must be at least 1"):
+        cli.main(["--debug", *argv, "--steps", "0"])
+    assert "flatten-video: error" not in capsys.readouterr().err
