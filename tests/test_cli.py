@@ -148,42 +148,55 @@ def inputs(tmp_path) -> pathlib.Path:
     return folder
 
 
-# (id, how to build argv from (clip, inputs folder, output, tiny model), expected words in the message,
-#  whether the model may load before the error)
+# Placeholders in the cases below, resolved in the test.
+CLIP, TINY_SD, OUTPUT = "<clip>", "<tiny-sd>", "<output>"  # good video, good model, out/edit.mp4
+
+
+def case(video, *extra, output=OUTPUT, model=TINY_SD, error, id, loads_model=False):
+    """One bad command line: ``error`` is a regex the message must match. Paths are relative to the
+    ``inputs`` folder. Unless ``loads_model``, the error must come before the model loads."""
+    return pytest.param(video, list(extra), output, model, error, loads_model, id=id)
+
+
 BAD_INPUTS = [
-    ("missing-file", lambda c, i, o, m: edit_argv(i / "nope.mp4", o, m), r"no such file: .*nope\.mp4", False),
-    ("text-file", lambda c, i, o, m: edit_argv(i / "notes.txt", o, m), r"not a readable video file: .*notes\.txt", False),
-    ("empty-file", lambda c, i, o, m: edit_argv(i / "empty.mp4", o, m), r"empty file: .*empty\.mp4", False),
-    ("too-few-frames", lambda c, i, o, m: edit_argv(c, o, m, "--frames", "8"), r"has 6 frames.* 8 frames", False),
-    ("stride-too-long", lambda c, i, o, m: edit_argv(c, o, m, "--stride", "3"), r"has 6 frames.*stride 3 need 7", False),
-    ("frames-0", lambda c, i, o, m: edit_argv(c, o, m, "--frames", "0"), r"--frames must be at least 1, got 0", False),
-    ("frames-1", lambda c, i, o, m: edit_argv(c, o, m, "--frames", "1"), r"--frames must be at least 2", False),
-    ("steps-0", lambda c, i, o, m: edit_argv(c, o, m, "--steps", "0"), r"--steps must be at least 1, got 0", False),
-    ("inversion-steps-0", lambda c, i, o, m: edit_argv(c, o, m, "--inversion-steps", "0"), r"--inversion-steps must be at least 1", False),
-    ("inject-above-steps", lambda c, i, o, m: edit_argv(c, o, m, "--inject-steps", "3"), r"--inject-steps must be between 0 and --steps \(2\), got 3", False),
-    ("width-not-multiple-of-8", lambda c, i, o, m: edit_argv(c, o, m, "--width", "100"), r"--width must be a positive multiple of 8, got 100", False),
-    ("height-0", lambda c, i, o, m: edit_argv(c, o, m, "--height", "0"), r"--height must be a positive multiple of 8, got 0", False),
-    ("unwritable-output", lambda c, i, o, m: edit_argv(c, i / "a-file" / "edit.mp4", m), r"cannot write .*edit\.mp4: .*a-file is a file, not a folder", False),
-    ("output-is-a-folder", lambda c, i, o, m: edit_argv(c, i / "taken.mp4", m), r"output is a folder: .*taken\.mp4", False),
-    ("avi-output", lambda c, i, o, m: edit_argv(c, o.with_suffix(".avi"), m), r"output must end in \.mp4 or \.gif: .*edit\.avi", False),
-    ("no-extension", lambda c, i, o, m: edit_argv(c, o.with_suffix(""), m), r"output must end in \.mp4 or \.gif", False),
-    ("unknown-model-path", lambda c, i, o, m: edit_argv(c, o, i / "no-such-model"), r"could not load the Stable Diffusion model '.*no-such-model'", True),
-    ("folder-that-is-no-model", lambda c, i, o, m: edit_argv(c, o, i), r"could not load the Stable Diffusion model '.*inputs'", True),
-    ("unknown-hub-id", lambda c, i, o, m: edit_argv(c, o, "flatten-video-tests/no-such-model"), r"could not load the Stable Diffusion model 'flatten-video-tests/no-such-model'", True),
+    case("nope.mp4", error=r"no such file: .*nope\.mp4", id="missing-file"),
+    case("notes.txt", error=r"not a readable video file: .*notes\.txt", id="text-file"),
+    case("empty.mp4", error=r"empty file: .*empty\.mp4", id="empty-file"),
+    case(CLIP, "--frames", "8", error=r"has 6 frames, but 8 frames", id="too-few-frames"),
+    case(CLIP, "--stride", "3", error=r"has 6 frames, but 3 frames with stride 3 need 7", id="stride-too-long"),
+    case(CLIP, "--frames", "0", error=r"--frames must be at least 1, got 0", id="frames-0"),
+    case(CLIP, "--frames", "1", error=r"--frames must be at least 2", id="frames-1"),
+    case(CLIP, "--steps", "0", error=r"--steps must be at least 1, got 0", id="steps-0"),
+    case(CLIP, "--inversion-steps", "0", error=r"--inversion-steps must be at least 1", id="inversion-steps-0"),
+    case(CLIP, "--inject-steps", "3", error=r"--inject-steps must be between 0 and --steps \(2\), got 3", id="inject-above-steps"),
+    case(CLIP, "--width", "100", error=r"--width must be a positive multiple of 8, got 100", id="width-100"),
+    case(CLIP, "--height", "0", error=r"--height must be a positive multiple of 8, got 0", id="height-0"),
+    case(CLIP, output="a-file/edit.mp4", error=r"cannot write .*edit\.mp4: .*a-file is a file, not a folder", id="output-under-a-file"),
+    case(CLIP, output="taken.mp4", error=r"output is a folder: .*taken\.mp4", id="output-is-a-folder"),
+    case(CLIP, output="edit.avi", error=r"output must end in \.mp4 or \.gif: .*edit\.avi", id="avi-output"),
+    case(CLIP, output="edit", error=r"output must end in \.mp4 or \.gif", id="no-extension"),
+    case(CLIP, model="no-such-model", error=r"could not load the Stable Diffusion model '.*no-such-model'", id="unknown-model-path", loads_model=True),
+    case(CLIP, model=".", error=r"could not load the Stable Diffusion model '.*inputs'", id="folder-that-is-no-model", loads_model=True),
+    case(CLIP, model="flatten-video-tests/no-such-model", error=r"could not load the Stable Diffusion model 'flatten-video-tests/no-such-model'", id="unknown-hub-id", loads_model=True),
 ]
 
 
-@pytest.mark.parametrize("make_argv, words, loads_model", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+@pytest.mark.parametrize("video, extra, output, model, error, loads_model", BAD_INPUTS)
 def test_bad_input_is_one_error_line_and_leaves_no_file(
-    make_argv, words, loads_model, clip, inputs, tiny_sd_path, tmp_path, capsys, monkeypatch
+    video, extra, output, model, error, loads_model, clip, inputs, tiny_sd_path, tmp_path, capsys, monkeypatch
 ):
     loads = []
     if not loads_model:
         # Input errors must be found before the (slow) model load.
         monkeypatch.setattr(cli, "load_pipeline", lambda *args: loads.append(args))
-    output = tmp_path / "out" / "edit.mp4"
-    output.parent.mkdir()
-    argv = make_argv(clip, inputs, output, tiny_sd_path)
+    (tmp_path / "out").mkdir()
+    video = clip if video == CLIP else inputs / video
+    output = tmp_path / "out" / "edit.mp4" if output == OUTPUT else inputs / output
+    if model == TINY_SD:
+        model = tiny_sd_path
+    elif "/" not in model:  # a local path, not a hub id
+        model = (inputs / model).resolve()
+    argv = edit_argv(video, output, model, *extra)
     before = files_under(tmp_path)
 
     with warnings.catch_warnings(record=True) as caught:
@@ -195,7 +208,7 @@ def test_bad_input_is_one_error_line_and_leaves_no_file(
     assert len(lines) == 1, lines
     assert lines[0].startswith("flatten-video: error: ")
     assert "Traceback" not in err
-    assert re.search(words, lines[0]), lines[0]
+    assert re.search(error, lines[0]), lines[0]
     assert out == ""
     assert files_under(tmp_path) == before  # no output, no temporary file
     assert loads == []

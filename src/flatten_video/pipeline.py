@@ -166,10 +166,12 @@ class FlattenPipeline(DiffusionPipeline):
             kwargs.setdefault("inverse_scheduler", DDIMInverseScheduler.from_config(kwargs["scheduler"].config))
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (OSError, EnvironmentError, ValueError) as error:
+            # One line: the advice first, then diffusers' reason, which may span several lines.
+            reason = " ".join(str(error).split())
             raise ModelLoadError(
-                f"could not load the Stable Diffusion model {pretrained_model_name_or_path!r}: {error}. "
-                "Give a hub id that exists (a first run downloads it; offline, it must be in the Hugging Face "
-                "cache) or a local folder in diffusers layout with safetensors weights."
+                f"could not load the Stable Diffusion model {pretrained_model_name_or_path!r}: give a hub id "
+                "that exists (a first run downloads it; offline, it must be in the Hugging Face cache) or a "
+                f"local folder in diffusers layout with safetensors weights ({reason})"
             ) from error
 
     # -- steps -----------------------------------------------------------------------------
