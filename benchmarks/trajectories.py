@@ -5,45 +5,54 @@ Run: python benchmarks/trajectories.py
 """
 
 import pathlib
+import statistics
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-from common import best_time, machine, smooth_flows  # noqa: E402
+from common import machine, smooth_flows  # noqa: E402
 from test_trajectories import reference_labels  # noqa: E402
 
 from flatten_video import sample_trajectories  # noqa: E402
 
 PAPER_CODE_SECONDS = 14.0  # the paper's released sample_trajectories on this machine (issue #2)
 GRIDS = [(64, 64), (32, 32), (16, 16), (8, 8)]
+RUNS = 30
+
+
+def times(fn, runs: int) -> list[float]:
+    result = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        result.append(time.perf_counter() - start)
+    return result
 
 
 def main() -> None:
     flows = smooth_flows(32, 512, 512)
+
     def ours_all():
         return [sample_trajectories(flows, g, torch.Generator().manual_seed(0)) for g in GRIDS]
 
-    ours = best_time(ours_all)
-    # Each step works on a few thousand cells, where a busy machine makes threads wait on one
-    # another; one thread shows the work itself.
+    ours_all()  # warm up
+    rows = []
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    ours_one_thread = best_time(ours_all)
+    for count in sorted({threads, 1}, reverse=True):
+        torch.set_num_threads(count)
+        rows.append((f"ours, {count} thread{'s' if count > 1 else ''}", times(ours_all, RUNS)))
     torch.set_num_threads(threads)
-    start = time.perf_counter()
-    for grid in GRIDS:
-        reference_labels(flows, grid, torch.Generator().manual_seed(0))
-    loop = time.perf_counter() - start
+    loop = times(lambda: [reference_labels(flows, g, torch.Generator().manual_seed(0)) for g in GRIDS], 1)[0]
     print(f"machine: {machine()}")
-    print(f"trajectories, 32 frames 512x512, grids 64/32/16/8")
-    print(f"  ours (vectorised)      {ours * 1000:9.1f} ms")
-    print(f"  ours, 1 thread         {ours_one_thread * 1000:9.1f} ms")
-    print(f"  per-cell loop ref      {loop * 1000:9.1f} ms   -> ours is {loop / ours:6.1f}x faster "
-          f"({loop / ours_one_thread:.0f}x on 1 thread)")
-    print(f"  paper's code (~14 s)   {PAPER_CODE_SECONDS * 1000:9.1f} ms   -> ours is {PAPER_CODE_SECONDS / ours:6.0f}x faster "
-          f"({PAPER_CODE_SECONDS / ours_one_thread:.0f}x on 1 thread)")
+    print(f"trajectories, 32 frames 512x512, grids 64/32/16/8; best and median of {RUNS} runs")
+    for name, runs in rows:
+        best, median = min(runs), statistics.median(runs)
+        print(f"  {name:18s} best {best * 1e3:6.1f} ms  median {median * 1e3:6.1f} ms   "
+              f"vs loop ref {loop / best:5.0f}x (median {loop / median:4.0f}x)   "
+              f"vs paper's ~14 s {PAPER_CODE_SECONDS / best:5.0f}x (median {PAPER_CODE_SECONDS / median:4.0f}x)")
+    print(f"  per-cell loop ref  {loop * 1e3:7.1f} ms (one run, same process)")
 
 
 if __name__ == "__main__":

@@ -9,28 +9,28 @@ from flatten_video.trajectories import Trajectories, grid_flow, sample_trajector
 def reference_labels(flows: torch.Tensor, size, generator: torch.Generator) -> torch.Tensor:
     """Obviously-correct per-cell version of DESIGN.md 1.3.
 
-    Draws the same per-frame random priorities as the library (a permutation of the cells) and
-    lets the highest-priority source of every target continue.
+    Draws the same random priorities as the library (a permutation over the source cells,
+    numbered video-wide) and lets the highest-priority source of every target continue.
     """
     h, w = size
     steps = grid_flow(flows, size)
     frames = len(steps) + 1
     labels = [[[-1] * w for _ in range(h)] for _ in range(frames)]
+    priority = torch.randperm((frames - 1) * h * w, generator=generator).tolist()
     next_id = 0
     for y in range(h):
         for x in range(w):
             labels[0][y][x] = next_id
             next_id += 1
     for t in range(frames - 1):
-        priority = torch.randperm(h * w, generator=generator).tolist()
         best = {}
         for y in range(h):
             for x in range(w):
                 ty, tx = y + int(steps[t, 1, y, x]), x + int(steps[t, 0, y, x])
                 if 0 <= ty < h and 0 <= tx < w:
-                    if (ty, tx) not in best or priority[y * w + x] > priority[best[(ty, tx)][0] * w + best[(ty, tx)][1]]:
-                        best[(ty, tx)] = (y, x)
-        for (ty, tx), (y, x) in best.items():
+                    if (ty, tx) not in best or priority[(t * h + y) * w + x] > best[(ty, tx)][0]:
+                        best[(ty, tx)] = (priority[(t * h + y) * w + x], y, x)
+        for (ty, tx), (_, y, x) in best.items():
             labels[t + 1][ty][tx] = labels[t][y][x]
         for y in range(h):
             for x in range(w):
@@ -132,6 +132,23 @@ def test_flow_is_scaled_into_grid_cells():
     assert labels[1, 0, 5] == labels[0, 1, 3]
 
 
+@pytest.mark.parametrize("size", [(6, 10), (5, 7), (48, 80)])
+def test_grid_flow_is_nearest_resize_then_rounding(size):
+    flows = random_flows()
+    expected = torch.nn.functional.interpolate(flows, size=size, mode="nearest")
+    expected = torch.round(expected * torch.tensor([size[1] / 80, size[0] / 48]).view(1, 2, 1, 1)).long()
+    assert torch.equal(grid_flow(flows, size), expected)
+
+
+def test_sampled_groups_equal_groups_built_from_labels():
+    sampled = sample_trajectories(random_flows(scale=20.0), (12, 20), torch.Generator().manual_seed(5))
+    rebuilt = Trajectories.from_labels(sampled.labels)
+    assert torch.equal(rebuilt.labels, sampled.labels)
+    assert len(rebuilt.groups) == len(sampled.groups)
+    for ours, theirs in zip(sampled.groups, rebuilt.groups):
+        assert torch.equal(ours, theirs)
+
+
 def test_groups_index_every_multi_cell_trajectory():
     trajectories = sample_trajectories(random_flows(), (6, 10), torch.Generator().manual_seed(0))
     flat = trajectories.labels.reshape(-1)
@@ -159,12 +176,18 @@ def test_from_labels_rejects_invalid_partitions():
         Trajectories.from_labels(labels.float())
 
 
+def with_value(tensor, index, value):
+    tensor[index] = value
+    return tensor
+
+
 @pytest.mark.parametrize(
     "flows, size, message",
     [
         (torch.zeros(3, 3, 8, 8), (4, 4), "shape"),
         (torch.zeros(3, 2, 8, 8, dtype=torch.long), (4, 4), "float"),
         (torch.full((3, 2, 8, 8), float("nan")), (4, 4), "NaN"),
+        (with_value(torch.zeros(3, 2, 8, 8), (1, 0, 2, 4), float("inf")), (4, 4), "infinite"),
         (torch.zeros(3, 2, 8, 8), (16, 4), "larger"),
         (torch.zeros(3, 2, 8, 8), (0, 4), "positive"),
     ],

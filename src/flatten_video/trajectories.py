@@ -38,21 +38,20 @@ class Trajectories:
         labels = _renumber(labels.long())
         frames, height, width = labels.shape
         flat = labels.reshape(-1)
-        # Tokens are frame-major, so a stable sort by id lists each trajectory in frame order.
-        order = torch.argsort(flat, stable=True)
-        frame_of = order // (height * width)
-        same = flat[order[1:]] == flat[order[:-1]]
-        if not torch.all(frame_of[1:][same] == frame_of[:-1][same] + 1):
+        count = int(flat.max()) + 1
+        frame = _frame_of_cells(frames, height * width, labels.device)
+        first = torch.full((count,), frames, device=labels.device).scatter_reduce_(0, flat, frame, reduce="amin")
+        depth = frame - first[flat]
+        lengths = torch.bincount(flat, minlength=count)
+        # A trajectory of n cells starting at frame f holds frames f..f+n-1 exactly when no depth
+        # reaches n and no two of its cells share a depth (a slot in the layout).
+        slots = _slots(flat, depth, lengths)
+        valid = bool((depth < lengths[flat]).all()) and bool(
+            (torch.bincount(slots, minlength=flat.numel()) == 1).all()
+        )
+        if not valid:
             raise ValueError("every trajectory must hold at most one cell per frame, in consecutive frames")
-        counts = torch.bincount(flat)
-        starts = torch.cumsum(counts, 0) - counts
-        groups = []
-        for length in torch.unique(counts).tolist():
-            if length < 2:
-                continue
-            first = starts[counts == length]
-            groups.append(order[first[:, None] + torch.arange(length, device=labels.device)])
-        return cls(labels=labels, groups=tuple(groups))
+        return cls(labels=labels, groups=_groups(slots, lengths))
 
     @property
     def num_frames(self) -> int:
@@ -71,6 +70,38 @@ class Trajectories:
         return Trajectories(self.labels.to(device), tuple(g.to(device) for g in self.groups))
 
 
+def _frame_of_cells(frames: int, cells: int, device=None, dtype=torch.long) -> torch.Tensor:
+    """(frames * cells,) frame index of every cell, numbered frame-major."""
+    return torch.arange(frames, device=device, dtype=dtype).repeat_interleave(cells)
+
+
+def _slots(flat: torch.Tensor, depth: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Where each token goes in a layout that lists trajectories by length, then by id, each in
+    frame order: so the trajectories of one length form one contiguous (n_L, L) block.
+
+    Args:
+        flat: (T,) trajectory id of every token.
+        depth: (T,) the token's position along its trajectory (0 for its first cell).
+        lengths: (N,) cells per trajectory.
+    """
+    by_length = torch.argsort(lengths, stable=True)
+    ordered_lengths = lengths[by_length]
+    offsets = torch.empty_like(lengths).scatter_(0, by_length, torch.cumsum(ordered_lengths, 0) - ordered_lengths)
+    return offsets.index_select(0, flat).add_(depth)
+
+
+def _groups(slots: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The (n_L, L) token index blocks of :attr:`Trajectories.groups`, from :func:`_slots`."""
+    tokens = torch.empty_like(slots).scatter_(0, slots, torch.arange(len(slots), device=slots.device))
+    groups = []
+    start = 0
+    for length, count in enumerate(torch.bincount(lengths).tolist()):
+        if count and length >= 2:
+            groups.append(tokens[start : start + count * length].view(count, length))
+        start += count * length
+    return tuple(groups)
+
+
 def _renumber(labels: torch.Tensor) -> torch.Tensor:
     """Renumber ids to 0..N-1 in order of first appearance (frame-major)."""
     flat = labels.reshape(-1)
@@ -83,18 +114,26 @@ def _renumber(labels: torch.Tensor) -> torch.Tensor:
 
 
 def grid_flow(flows: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Flows in pixels (F-1, 2, H, W) -> integer cell displacements (F-1, 2, h, w).
+    """Flows in pixels (F-1, 2, H, W) -> integer cell displacements (F-1, 2, h, w), int32.
 
     Nearest resizing (source pixel floor(i * H / h), as ``F.interpolate(mode="nearest")``
-    picks) and rounding, as the paper's code does. Only the picked pixels are read.
+    picks) and rounding, as the paper's code does. Only the picked pixels are read, and a NaN or
+    infinite value among them is a ``ValueError``.
     """
     height, width = flows.shape[-2:]
     h, w = size
-    rows = torch.arange(h, device=flows.device) * height // h
-    cols = torch.arange(w, device=flows.device) * width // w
-    small = flows[:, :, rows][:, :, :, cols].float()
+    if height % h == 0 and width % w == 0:
+        # Nearest then picks every k-th pixel: a strided view reads them without a gather.
+        small = flows[:, :, :: height // h, :: width // w]
+    else:
+        rows = torch.arange(h, device=flows.device) * height // h
+        cols = torch.arange(w, device=flows.device) * width // w
+        small = flows.index_select(2, rows).index_select(3, cols)
     scale = torch.tensor([w / width, h / height], device=flows.device).view(1, 2, 1, 1)
-    return torch.round(small * scale).long()
+    cells = small.float() * scale
+    if not torch.isfinite(cells.sum()):  # any NaN or inf makes the sum non-finite
+        raise ValueError("flows contain NaN or infinite values")
+    return cells.round_().int()
 
 
 def _check_flows(flows: torch.Tensor, size: tuple[int, int]) -> None:
@@ -102,8 +141,6 @@ def _check_flows(flows: torch.Tensor, size: tuple[int, int]) -> None:
         raise ValueError("flows must be a float tensor of shape (F-1, 2, H, W)")
     if flows.ndim != 4 or flows.shape[1] != 2:
         raise ValueError(f"flows must have shape (F-1, 2, H, W), got {tuple(flows.shape)}")
-    if not torch.isfinite(flows.sum()):  # one pass; any NaN or inf makes the sum non-finite
-        raise ValueError("flows contain NaN or infinite values")
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"size must be a positive (h, w), got {size}")
     if size[0] > flows.shape[2] or size[1] > flows.shape[3]:
@@ -121,7 +158,8 @@ def sample_trajectories(
     trajectory continues into starts a new one.
 
     Args:
-        flows: (F-1, 2, H, W) forward flows in pixels, channel 0 = x, channel 1 = y.
+        flows: (F-1, 2, H, W) forward flows in pixels, channel 0 = x, channel 1 = y. Only the
+            pixels that nearest resizing to ``size`` picks are read (and checked for NaN).
         size: the latent grid (h, w), at most (H, W).
         generator: a CPU generator; the same seed gives the same trajectories.
 
@@ -130,29 +168,59 @@ def sample_trajectories(
     """
     _check_flows(flows, size)
     h, w = size
-    cells = h * w
-    steps = grid_flow(flows.detach().cpu(), (h, w)).reshape(-1, 2, cells)
-    links = len(steps)
-    ys = torch.arange(h).repeat_interleave(w)
-    xs = torch.arange(w).repeat(h)
-    ty, tx = ys + steps[:, 1], xs + steps[:, 0]
-    inside = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
-    # Cells are numbered video-wide, t * cells + y * w + x; every link goes from frame t to t+1.
-    frame_start = (torch.arange(links) * cells)[:, None]
-    sources = (frame_start + torch.arange(cells))[inside]
-    targets = (frame_start + cells + ty * w + tx)[inside]
-    # Distinct random priorities per frame: the highest-priority source of each target
-    # continues, so every source of a conflict wins with equal probability.
-    priority = torch.stack([torch.randperm(cells, generator=generator) for _ in range(links)])[inside]
-    total = (links + 1) * cells
-    best = torch.full((total,), -1, dtype=torch.long).scatter_reduce(0, targets, priority, reduce="amax")
-    winner = priority == best[targets]
-    previous = torch.arange(total)
-    previous[targets[winner]] = sources[winner]
-    # Pointer jumping: every cell finds the first cell of its trajectory in log2(F) rounds.
-    head = previous
-    while not torch.equal(jumped := head[head], head):
-        head = jumped
+    steps = grid_flow(flows.detach(), size).cpu()
+    frames = len(steps) + 1
+    # Cells are numbered video-wide, t*h*w + y*w + x. The work is a few dozen passes over all
+    # cells, in place and in int32 where possible: fresh memory costs as much as the arithmetic.
+    cell = torch.arange(frames * h * w, dtype=torch.int32)
+    head = _first_cells(_previous_cells(steps, cell, generator).int())
     # Trajectories are numbered by their first cell, which is their order of appearance.
-    labels = torch.unique(head, return_inverse=True)[1]
-    return Trajectories.from_labels(labels.reshape(links + 1, h, w))
+    labels = torch.cumsum(head == cell, 0).sub_(1).index_select(0, head)
+    frame = _frame_of_cells(frames, h * w, dtype=torch.int32)
+    depth = frame.index_select(0, head).neg_().add_(frame)
+    lengths = torch.bincount(labels)
+    groups = _groups(_slots(labels, depth, lengths), lengths)
+    return Trajectories(labels=labels.view(frames, h, w), groups=groups)
+
+
+def _first_cells(previous: torch.Tensor) -> torch.Tensor:
+    """Pointer jumping: from each cell's predecessor (itself at a start) to the first cell of its
+    trajectory, in log2(F) rounds of ``head = head[head]``. Overwrites ``previous``."""
+    head, jumped = previous, torch.empty_like(previous)
+    while not torch.equal(torch.index_select(head, 0, head, out=jumped), head):
+        head, jumped = jumped, head
+    return head
+
+
+def _previous_cells(steps: torch.Tensor, cell: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The cell each cell continues from, or itself where a trajectory starts.
+
+    Args:
+        steps: (F-1, 2, h, w) int32 cell displacements from :func:`grid_flow` (consumed).
+        cell: (F*h*w,) the cell numbers 0..F*h*w-1.
+
+    Returns:
+        (F*h*w,) LongTensor.
+    """
+    links, _, h, w = steps.shape
+    frames = links + 1
+    # Targets are addressed in a grid padded by one cell on each side: a target off the grid
+    # is clamped onto the border, which is dropped afterwards, so no tensor is masked.
+    padded_w = w + 2
+    frame_offset = torch.arange(1, frames, dtype=torch.int32).mul_((h + 2) * padded_w).add_(padded_w + 1)
+    ty = steps[:, 1].add_(torch.arange(h, dtype=torch.int32)[:, None]).clamp_(-1, h)
+    tx = steps[:, 0].add_(torch.arange(w, dtype=torch.int32)).clamp_(-1, w)
+    target = ty.mul_(padded_w).add_(tx).add_(frame_offset[:, None, None]).long()
+    # A key packs a random priority above the source's number; the highest key reaching a target
+    # continues there, so every source of a conflict wins with equal probability. A distinct
+    # priority per source (a permutation) means no ties. A cell no source reaches keeps its
+    # negative default key, whose low bits are its own number: it starts a trajectory.
+    shift = max(len(cell) - 1, 1).bit_length()
+    low_bits = (1 << shift) - 1
+    keys = torch.randperm(links * h * w, generator=generator).bitwise_left_shift_(shift)
+    keys.bitwise_or_(cell[: links * h * w])
+    best = torch.empty((frames, h + 2, padded_w), dtype=torch.long)
+    interior = best[:, 1:-1, 1:-1]
+    interior.copy_(cell.view(frames, h, w)).sub_(1 << shift)
+    best.view(-1).scatter_reduce_(0, target.view(-1), keys, reduce="amax")
+    return interior.reshape(-1).bitwise_and_(low_bits)
