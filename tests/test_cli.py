@@ -118,6 +118,8 @@ def test_raft_without_weights_offline_is_one_clear_line(clip, tiny_sd_path, tmp_
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     monkeypatch.setattr(tv_weights_api, "load_state_dict_from_url", offline)
+    loads = []
+    monkeypatch.setattr(cli, "load_pipeline", lambda *args: loads.append(args))
     output = tmp_path / "edit.mp4"
     argv = edit_argv(clip, output, tiny_sd_path)
     argv[argv.index("dis")] = "raft"
@@ -131,6 +133,7 @@ def test_raft_without_weights_offline_is_one_clear_line(clip, tiny_sd_path, tmp_
     assert "Traceback" not in err
     assert out == ""
     assert not output.exists()
+    assert loads == []  # found out before the Stable Diffusion model loads
 
 
 # ------------------------------------------------------------------------------------------- errors

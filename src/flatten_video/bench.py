@@ -41,7 +41,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
 
-from .cli import add_edit_arguments, check_edit_arguments, default_device, load_pipeline, resolve_dtype
+from .cli import add_edit_arguments, default_device, load_pipeline, resolve_dtype
+from .editing import EditSettings
 
 #: The four edit prompts of every LOVEU-TGVE video, in the CSV's column order.
 EDITS = ("style", "object", "background", "multiple")
@@ -590,7 +591,7 @@ def relaunch_with_accelerate(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         raise BenchError("bench takes its prompts from the captions CSV; --prompt is for edit")
-    check_edit_arguments(args)
+    EditSettings.from_namespace(args).check_options()
     if args.launcher == "accelerate":
         return relaunch_with_accelerate(args)
     from accelerate import PartialState

@@ -45,108 +45,49 @@ def load_pipeline(model: str, device: str, dtype):
 
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     from .context import ATTENTION_MODES, FLATTEN_VARIANTS
+    from .editing import EditSettings
     from .features import FEATURE_MODES
     from .flow import FLOW_METHODS
 
+    default = EditSettings(prompt="")
     parser.add_argument("video", help="source video file (mp4, mov, webm, gif...) or a folder of frames")
     parser.add_argument("--prompt", required=True, help="what the edited video should show")
-    parser.add_argument("--negative-prompt", default="", help="what it should not show (default: empty)")
+    parser.add_argument("--negative-prompt", default=default.negative_prompt, help="what it should not show (default: empty)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"Stable Diffusion 1.x/2.x hub id or local folder (default: {DEFAULT_MODEL})")
-    parser.add_argument("--frames", type=int, default=32, help="frames to edit (default: 32)")
-    parser.add_argument("--stride", type=int, default=None, help="take every N-th source frame (default: total // frames)")
-    parser.add_argument("--width", type=int, default=None, help="working width in pixels, a multiple of 8 (default: aspect kept, short side 512, multiples of 64)")
-    parser.add_argument("--height", type=int, default=None, help="working height in pixels, a multiple of 8")
+    parser.add_argument("--frames", type=int, default=default.frames, help=f"frames to edit (default: {default.frames})")
+    parser.add_argument("--stride", type=int, default=default.stride, help="take every N-th source frame (default: total // frames)")
+    parser.add_argument("--width", type=int, default=default.width, help="working width in pixels, a multiple of 8 (default: aspect kept, short side 512, multiples of 64)")
+    parser.add_argument("--height", type=int, default=default.height, help="working height in pixels, a multiple of 8")
     parser.add_argument("--crop", action="store_true", help="center-crop to the working aspect ratio instead of stretching")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default: 50)")
-    parser.add_argument("--inversion-steps", type=int, default=100, help="DDIM inversion steps (default: 100)")
-    parser.add_argument("--inject-steps", type=int, default=40, help="sampling steps that get the source features (default: 40)")
-    parser.add_argument("--guidance", type=float, default=10.0, help="classifier-free guidance scale (default: 10)")
-    parser.add_argument("--seed", type=int, default=66, help="random seed (default: 66)")
-    parser.add_argument("--flow", choices=FLOW_METHODS, default="raft", help="optical flow: raft (pretrained weights) or dis (no weights)")
-    parser.add_argument("--attention", choices=ATTENTION_MODES, default="dsta+flatten", help="self-attention mode, for ablations (default: dsta+flatten)")
-    parser.add_argument("--variant", choices=FLATTEN_VARIANTS, default="II", help="flow-guided attention variant (default: II)")
-    parser.add_argument("--feature-mode", choices=FEATURE_MODES, default="stored", help="stored: keep source features in host RAM (~22 GiB for 32 frames at 512); recompute: ~80 MB, ~40%% more sampling work")
+    parser.add_argument("--steps", type=int, default=default.steps, help=f"DDIM sampling steps (default: {default.steps})")
+    parser.add_argument("--inversion-steps", type=int, default=default.inversion_steps, help=f"DDIM inversion steps (default: {default.inversion_steps})")
+    parser.add_argument("--inject-steps", type=int, default=default.inject_steps, help=f"sampling steps that get the source features (default: {default.inject_steps})")
+    parser.add_argument("--guidance", type=float, default=default.guidance, help=f"classifier-free guidance scale (default: {default.guidance:g})")
+    parser.add_argument("--seed", type=int, default=default.seed, help=f"random seed (default: {default.seed})")
+    parser.add_argument("--flow", choices=FLOW_METHODS, default=default.flow, help="optical flow: raft (pretrained weights) or dis (no weights)")
+    parser.add_argument("--attention", choices=ATTENTION_MODES, default=default.attention, help=f"self-attention mode, for ablations (default: {default.attention})")
+    parser.add_argument("--variant", choices=FLATTEN_VARIANTS, default=default.variant, help=f"flow-guided attention variant (default: {default.variant})")
+    parser.add_argument("--feature-mode", choices=FEATURE_MODES, default=default.feature_mode, help="how source features are held: stored (host RAM, ~22 GiB for 32 frames at 512), recompute (~80 MB, ~40%% more sampling work), auto (stored if it fits in half the free RAM; default)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="model dtype (default: float16 on CUDA, float32 elsewhere)")
-    parser.add_argument("--fps", type=float, default=None, help="output frame rate (default: the sampled source's)")
+    parser.add_argument("--fps", type=float, default=default.fps, help="output frame rate (default: the sampled source's)")
     parser.add_argument("--side-by-side", action="store_true", help="write source | edit side by side")
     parser.add_argument("--output", "-o", default=None, help="output .mp4 or .gif (default: <video name>-flatten.mp4)")
-
-
-def check_edit_arguments(args: argparse.Namespace) -> None:
-    """Fail fast, before any model loads, on arguments that cannot work."""
-    for name in ("frames", "steps", "inversion_steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.frames < 2:
-        raise ValueError("--frames must be at least 2: FLATTEN follows motion between frames")
-    if not 0 <= args.inject_steps <= args.steps:
-        raise ValueError(f"--inject-steps must be between 0 and --steps ({args.steps}), got {args.inject_steps}")
-    for name in ("width", "height"):
-        value = getattr(args, name)
-        if value is not None and (value < 8 or value % 8):
-            raise ValueError(f"--{name} must be a positive multiple of 8, got {value}")
 
 
 def default_output(video: str) -> pathlib.Path:
     return pathlib.Path(f"{pathlib.Path(video.rstrip('/')).stem}-flatten.mp4")
 
 
-def check_writable(path: pathlib.Path) -> None:
-    """Raise before the long work if ``path`` cannot be written."""
-    from .video import VideoError
-
-    if path.suffix.lower() not in (".mp4", ".gif"):
-        raise VideoError(f"output must end in .mp4 or .gif: {path}")
-    if path.is_dir():
-        raise VideoError(f"output is a folder: {path}")
-    folder = path.parent
-    for parent in [folder, *folder.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise VideoError(f"cannot write {path}: {parent} is a file, not a folder")
-            import os
-
-            if not os.access(parent, os.W_OK):
-                raise VideoError(f"cannot write {path}: {parent} is not writable")
-            break
-
-
 def run_edit(args: argparse.Namespace) -> int:
-    import torch
+    from .editing import EditSettings, edit_video, prepare_edit
 
-    from .video import read_video, write_video
-
-    check_edit_arguments(args)
+    settings = EditSettings.from_namespace(args)
     output = pathlib.Path(args.output) if args.output else default_output(args.video)
-    check_writable(output)
-    clip = read_video(
-        args.video, args.frames, stride=args.stride, width=args.width, height=args.height, crop=args.crop
-    )
+    clip = prepare_edit(args.video, output, settings)  # fails fast, before the model loads
     device = args.device or default_device()
     pipe = load_pipeline(args.model, device, resolve_dtype(args.dtype, device))
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    result = pipe(
-        clip.frames,
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        num_inference_steps=args.steps,
-        num_inversion_steps=args.inversion_steps,
-        inject_steps=args.inject_steps,
-        guidance_scale=args.guidance,
-        generator=generator,
-        flow_method=args.flow,
-        attention_mode=args.attention,
-        flatten_variant=args.variant,
-        feature_mode=args.feature_mode,
-        output_type="pt",
-    )
-    written = write_video(
-        result.frames,
-        output,
-        fps=args.fps or clip.fps,
-        side_by_side=clip.frames if args.side_by_side else None,
-    )
+    written = edit_video(pipe, args.video, output, settings, clip=clip)
     print(f"wrote {written}")
     return 0
 
@@ -160,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     edit = commands.add_parser("edit", help="edit a video from a text prompt")
     add_edit_arguments(edit)
     edit.set_defaults(handler=run_edit)
-    from . import bench
+    from . import bench, webui
 
     bench.register(commands)
+    webui.register(commands)
     return parser
 
 

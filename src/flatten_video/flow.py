@@ -70,11 +70,26 @@ def estimate_flow(
 
 def load_raft(device: torch.device | str = "cpu") -> torch.nn.Module:
     """torchvision's RAFT-large with pretrained weights, from the torch hub cache or downloaded."""
-    from torchvision.models.optical_flow import Raft_Large_Weights, raft_large
+    from torchvision.models.optical_flow import raft_large
+
+    model = raft_large(weights=None, progress=False)
+    model.load_state_dict(ensure_raft_weights())
+    return model.eval().to(device)
+
+
+def ensure_raft_weights() -> dict[str, torch.Tensor]:
+    """RAFT-large's pretrained state dict, from the torch hub cache or downloaded into it.
+
+    Call it before long work to fail early: without cached weights and without network it raises
+    :class:`FlowWeightsUnavailable`, whose one-line message names the weight-free ``dis``
+    estimator and where to put the weights file by hand.
+    """
+    from torchvision.models.optical_flow import Raft_Large_Weights
 
     weights = Raft_Large_Weights.DEFAULT
     try:
-        model = raft_large(weights=weights, progress=False)
+        # weights_only: the file is a plain state dict, so nothing in it gets unpickled as code.
+        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as error:  # torchvision raises URLError, OSError, RuntimeError... offline
         cache = torch.hub.get_dir()
         filename = weights.url.rsplit("/", 1)[-1]
@@ -83,7 +98,6 @@ def load_raft(device: torch.device | str = "cpu") -> torch.nn.Module:
             f"Either use the weight-free estimator (method='dis', CLI: --flow dis), or download "
             f"{weights.url} by hand and place it at {cache}/checkpoints/{filename}."
         ) from error
-    return model.eval().to(device)
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int, minimum: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:
