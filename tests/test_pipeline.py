@@ -1,6 +1,8 @@
 """The editing pipeline on tiny random Stable Diffusion models (DESIGN.md 1, steps 5-7)."""
 
+import inspect
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import REFERENCE_CASES, moving_texture, require_reference
 from flatten_video import FlattenPipeline, Trajectories
-from flatten_video.features import RESNET_POINTS, check_injection_points
+from flatten_video.features import RESNET_POINTS, available_memory, check_injection_points
 from flatten_video.pipeline import ModelLoadError
 
 STEPS = dict(num_inference_steps=2, num_inversion_steps=4)
@@ -115,6 +117,108 @@ def test_recompute_mode_gives_the_stored_mode_features_and_output(tiny_pipe, sou
     # Same features; the U-Net runs a batch of 3 instead of 2 videos, which moves float
     # rounding, and guidance 10 amplifies it: equal to 1e-4 on latents of magnitude ~2.
     assert torch.allclose(recomputed_out, stored_out, atol=1e-4, rtol=0)
+
+
+def same_features(a, b) -> bool:
+    """Whether two FeatureStores hold the same tensors under the same (timestep, layer) keys."""
+    if a.features.keys() != b.features.keys():
+        return False
+    return all(
+        a.features[t].keys() == b.features[t].keys()
+        and all(torch.equal(a.features[t][name], b.features[t][name]) for name in a.features[t])
+        for t in a.features
+    )
+
+
+def test_auto_mode_within_budget_stores_the_features(tiny_pipe, source):
+    _, trajectories, latents = source
+    options = dict(STEPS, inject_steps=2)
+    stored = tiny_pipe.invert(latents, trajectories, **options, feature_mode="stored")
+    auto = tiny_pipe.invert(latents, trajectories, **options, feature_mode="auto", feature_memory_budget=2**60)
+    assert auto.feature_mode == "stored" and not auto.source_latents
+    assert same_features(auto.features, stored.features)
+    # Exactly at the budget still stores: the estimate is one step's features times the steps.
+    at_budget = tiny_pipe.invert(latents, trajectories, **options, feature_memory_budget=stored.held_bytes)
+    assert at_budget.feature_mode == "stored"
+    assert tiny_pipe.flatten.features is None
+
+
+def test_auto_mode_over_budget_recomputes_like_recompute_mode(tiny_pipe, source, caplog):
+    _, trajectories, latents = source
+    options = dict(STEPS, inject_steps=2)
+    kept = tiny_pipe.invert(latents, trajectories, **options, feature_mode="recompute")
+    stored = tiny_pipe.invert(latents, trajectories, **options, feature_mode="stored")
+    with caplog.at_level(logging.INFO, logger="flatten_video.pipeline"):
+        auto = tiny_pipe.invert(
+            latents, trajectories, **options, feature_mode="auto", feature_memory_budget=stored.held_bytes - 1
+        )
+    assert "recomputing" in caplog.text and "GiB" in caplog.text
+    assert auto.feature_mode == "recompute" and auto.features is None
+    assert tiny_pipe.flatten.features is None
+    # The first injected step's latent was kept while its features were being measured.
+    assert sorted(auto.source_latents) == sorted(kept.source_latents) == sorted(auto.injected_timesteps)
+    for t, latent in kept.source_latents.items():
+        assert torch.equal(auto.source_latents[t], latent)
+    assert auto.held_bytes == kept.held_bytes
+    assert torch.equal(auto.latents, kept.latents)
+    # Same inputs, same batch: the same sampling, to the bit.
+    _, auto_out = injected_rows(tiny_pipe, auto)
+    _, kept_out = injected_rows(tiny_pipe, kept)
+    assert torch.equal(auto_out, kept_out)
+
+
+def test_auto_mode_default_budget_is_half_the_available_memory(tiny_pipe, source, monkeypatch):
+    _, trajectories, latents = source
+    options = dict(STEPS, inject_steps=2)
+    monkeypatch.setattr("flatten_video.pipeline.available_memory", lambda: 2)  # a budget of 1 byte
+    assert tiny_pipe.invert(latents, trajectories, **options).feature_mode == "recompute"
+    monkeypatch.setattr("flatten_video.pipeline.available_memory", lambda: None)  # unknown: no limit
+    assert tiny_pipe.invert(latents, trajectories, **options).feature_mode == "stored"
+
+
+def test_auto_is_the_default_feature_mode(tiny_pipe, source):
+    for method in (FlattenPipeline.invert, FlattenPipeline.__call__):
+        parameters = inspect.signature(method).parameters
+        assert parameters["feature_mode"].default == "auto"
+        assert parameters["feature_memory_budget"].default is None
+    _, trajectories, latents = source
+    # The tiny model's features fit any host's budget; no injection resolves to stored as well.
+    assert tiny_pipe.invert(latents, trajectories, **STEPS, inject_steps=2).feature_mode == "stored"
+    assert tiny_pipe.invert(latents, trajectories, **STEPS, inject_steps=0).feature_mode == "stored"
+    with pytest.raises(ValueError, match="stored, recompute, auto"):
+        tiny_pipe.invert(latents, trajectories, **STEPS, feature_mode="disk")
+    with pytest.raises(ValueError, match="feature_memory_budget"):
+        tiny_pipe.invert(latents, trajectories, **STEPS, feature_memory_budget=-1)
+
+
+def test_available_memory_on_this_host():
+    available = available_memory()
+    assert isinstance(available, int) and available > 0
+
+
+def test_available_memory_reads_memavailable(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    8000000 kB\n")
+    monkeypatch.setattr(os, "sysconf", lambda name: pytest.fail("sysconf read despite MemAvailable"))
+    assert available_memory(meminfo) == 8000000 * 1024
+
+
+def test_available_memory_falls_back_to_sysconf(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemFree:         1000000 kB\n")  # a kernel before 3.14
+    pages = {"SC_AVPHYS_PAGES": 3, "SC_PHYS_PAGES": 5, "SC_PAGE_SIZE": 4096}
+
+    def sysconf(name):
+        if name not in pages:
+            raise ValueError(name)
+        return pages[name]
+
+    monkeypatch.setattr(os, "sysconf", sysconf)
+    assert available_memory(meminfo) == 3 * 4096
+    del pages["SC_AVPHYS_PAGES"]  # macOS has no free-page count
+    assert available_memory(tmp_path / "missing") == 5 * 4096
+    pages.clear()
+    assert available_memory(tmp_path / "missing") is None
 
 
 def test_inversion_round_trip_returns_near_the_source(tiny_pipe, source):

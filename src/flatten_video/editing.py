@@ -73,7 +73,7 @@ class EditSettings:
 
     def check_options(self) -> None:
         """:meth:`check` without the prompt (the benchmark takes its prompts from a CSV)."""
-        for name in ("steps", "inversion_steps"):
+        for name in ("frames", "steps", "inversion_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_option(name)} must be at least 1, got {getattr(self, name)}")
         if self.frames < 2:

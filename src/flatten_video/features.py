@@ -11,15 +11,19 @@ Two ways to have the source features at sampling time:
 - ``"recompute"``: keep only the latents that inversion fed to the U-Net at those timesteps, and
   put them in front of the sampling batch, so the source features are computed afresh in the same
   U-Net call and handed to the other rows.
+
+``"auto"`` picks one of them during inversion: ``"stored"`` when the features fit a memory budget
+(by default half of the host's available memory), else ``"recompute"``.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
 
-FEATURE_MODES = ("stored", "recompute")
+FEATURE_MODES = ("stored", "recompute", "auto")
 
 #: Residual-branch outputs (after ``conv2``) whose features are injected.
 RESNET_POINTS = ("up_blocks.1.resnets.0", "up_blocks.1.resnets.1", "up_blocks.2.resnets.0")
@@ -36,6 +40,32 @@ ATTENTION_POINTS = tuple(
         "up_blocks.3.attentions.0",
     )
 )
+
+
+def available_memory(meminfo: str | os.PathLike = "/proc/meminfo") -> int | None:
+    """Bytes of host memory available to new allocations, or None when it cannot be told.
+
+    Linux's MemAvailable (free memory plus what the page cache would give back) first; then the
+    free pages, which miss reclaimable cache and so underestimate; then the physical pages, an
+    overestimate that still beats no figure.
+    """
+    try:
+        with open(meminfo) as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key == "MemAvailable":
+                    amount, *unit = value.split()  # "  12345678 kB"
+                    return int(amount) * (1024 if unit == ["kB"] else 1)
+    except (OSError, ValueError):
+        pass
+    for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
+        try:
+            total = os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):  # no sysconf (Windows) or no such name
+            continue
+        if total > 0:
+            return total
+    return None
 
 
 def check_injection_points(unet: torch.nn.Module) -> None:

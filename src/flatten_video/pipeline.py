@@ -23,7 +23,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .attention import install_flatten
 from .context import FlattenContext
-from .features import FEATURE_MODES, FeatureStore, check_injection_points
+from .features import FEATURE_MODES, FeatureStore, available_memory, check_injection_points
 from .flow import estimate_flow
 from .trajectories import Trajectories, sample_trajectories
 
@@ -59,7 +59,8 @@ class FlattenInversion:
         num_inference_steps: the sampling schedule the features were recorded for.
         injected_timesteps: the sampling timesteps whose source features are held.
         feature_mode: ``"stored"`` (features in ``features``) or ``"recompute"`` (the U-Net
-            inputs at those timesteps in ``source_latents``).
+            inputs at those timesteps in ``source_latents``); ``"auto"`` has been resolved to one
+            of them.
         features: the recorded features (stored mode).
         source_latents: timestep -> (1, C, F, h, w) latent inversion fed the U-Net (recompute mode).
     """
@@ -106,6 +107,24 @@ def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _feature_budget(feature_memory_budget: int | None) -> int | None:
+    """Bytes the stored features of ``feature_mode="auto"`` may take; None for no limit.
+
+    Half of the host's available memory by default: the rest is left to the models, the frames
+    and whatever else runs on the host.
+    """
+    if feature_memory_budget is not None:
+        if not isinstance(feature_memory_budget, int) or feature_memory_budget < 0:
+            raise ValueError(f"feature_memory_budget must be a number of bytes >= 0, got {feature_memory_budget!r}")
+        return feature_memory_budget
+    available = available_memory()
+    return None if available is None else available // 2
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"
 
 
 class FlattenPipeline(DiffusionPipeline):
@@ -286,8 +305,9 @@ class FlattenPipeline(DiffusionPipeline):
         num_inversion_steps: int = 100,
         num_inference_steps: int = 50,
         inject_steps: int = 40,
-        feature_mode: str = "stored",
+        feature_mode: str = "auto",
         feature_dtype: torch.dtype = torch.float16,
+        feature_memory_budget: int | None = None,
         attention_mode: str = "dsta+flatten",
         flatten_variant: str = "II",
     ) -> FlattenInversion:
@@ -300,13 +320,22 @@ class FlattenPipeline(DiffusionPipeline):
         (``feature_mode="stored"``, kept in ``feature_dtype`` on the CPU) or the latent fed to the
         U-Net is kept to recompute them during sampling (``"recompute"``).
 
+        ``"auto"`` (the default) stores the features of the first injected timestep, then
+        estimates the whole store as that size times ``inject_steps``: within
+        ``feature_memory_budget`` it goes on storing, else it keeps latents from there on, as
+        recompute mode does. The returned inversion's ``feature_mode`` is the mode chosen.
+
         Args:
             latents: (1, C, F, h, w) source latents (:meth:`encode_video`).
             trajectories: (h, w) -> :class:`Trajectories` for the grids where FLATTEN runs.
+            feature_memory_budget: bytes the stored features may take in ``"auto"`` mode;
+                None: half of the host's available memory (no limit where that is unknown).
         """
         _check_positive(num_inversion_steps=num_inversion_steps, num_inference_steps=num_inference_steps)
         if feature_mode not in FEATURE_MODES:
             raise ValueError(f"unknown feature mode {feature_mode!r}; choose one of {', '.join(FEATURE_MODES)}")
+        # Read before inversion allocates anything, so the figure is what the store may take.
+        budget = _feature_budget(feature_memory_budget) if feature_mode == "auto" else None
         if not 0 <= inject_steps <= num_inference_steps:
             raise ValueError(f"inject_steps must be between 0 and num_inference_steps ({num_inference_steps})")
         if inject_steps:
@@ -325,7 +354,10 @@ class FlattenPipeline(DiffusionPipeline):
                 f"that is a multiple of the number of sampling steps (e.g. {2 * num_inference_steps})"
             )
 
-        store = FeatureStore(storage_dtype=feature_dtype) if feature_mode == "stored" else None
+        if feature_mode == "auto" and not injected:
+            feature_mode = "stored"  # nothing to hold: an empty store, as stored mode gives
+        # Auto mode stores until it can tell the size of the store (at the first injected step).
+        store = FeatureStore(storage_dtype=feature_dtype) if feature_mode != "recompute" else None
         self.flatten.features = store
         inversion = FlattenInversion(
             latents=latents,
@@ -340,19 +372,57 @@ class FlattenPipeline(DiffusionPipeline):
         try:
             with self._progress(len(timesteps) - 1, "DDIM inversion") as bar:
                 for t in timesteps[:-1]:
-                    if t in injected and store is not None:
-                        with store.capturing(t):
-                            noise = self._unet(latents, t, empty)
-                    else:
-                        if t in injected:
-                            inversion.source_latents[t] = latents.clone()
-                        noise = self._unet(latents, t, empty)
+                    noise = self._invert_unet(inversion, latents, t, empty, budget)
                     latents = self.inverse_scheduler.step(noise, t + step, latents).prev_sample
                     bar.update()
         finally:
             self.flatten.features = None
         inversion.latents = latents
         return inversion
+
+    def _invert_unet(
+        self, inversion: FlattenInversion, latents: torch.Tensor, t: int, embeds: torch.Tensor, budget: int | None
+    ) -> torch.Tensor:
+        """One inversion U-Net call, (1, C, F, h, w) -> (1, C, F, h, w), keeping what sampling
+        needs at t: nothing, the features (stored) or the U-Net input (recompute)."""
+        if t not in inversion.injected_timesteps:
+            return self._unet(latents, t, embeds)
+        if inversion.features is None:
+            inversion.source_latents[t] = latents.clone()
+            return self._unet(latents, t, embeds)
+        deciding = inversion.feature_mode == "auto"
+        # Auto mode keeps the input too, should the features of this step turn out too many.
+        kept = latents.clone() if deciding else None
+        with inversion.features.capturing(t):
+            noise = self._unet(latents, t, embeds)
+        if deciding:
+            self._resolve_auto_mode(inversion, t, kept, budget)
+        return noise
+
+    def _resolve_auto_mode(
+        self, inversion: FlattenInversion, t: int, source_latent: torch.Tensor, budget: int | None
+    ) -> None:
+        """Settle ``feature_mode="auto"`` once the features of the first injected timestep t are
+        stored: every injected step records the same layers at the same shapes, so the store
+        would end at this step's size times the number of injected steps.
+
+        Within ``budget`` (None: no limit) the inversion goes on storing; beyond it, the store is
+        dropped and ``source_latent`` (1, C, F, h, w), the U-Net input at t, is kept instead, as
+        recompute mode does for every injected step.
+        """
+        estimate = inversion.features.nbytes * len(inversion.injected_timesteps)
+        if budget is None or estimate <= budget:
+            inversion.feature_mode = "stored"
+            return
+        logger.info(
+            "feature_mode='auto': the source features would take %s, over the budget of %s; "
+            "recomputing them during sampling instead",
+            _gib(estimate),
+            _gib(budget),
+        )
+        inversion.feature_mode = "recompute"
+        inversion.features = self.flatten.features = None
+        inversion.source_latents[t] = source_latent
 
     @torch.no_grad()
     def sample(
@@ -440,8 +510,9 @@ class FlattenPipeline(DiffusionPipeline):
         attention_mode: str = "dsta+flatten",
         flatten_variant: str = "II",
         flatten_levels: tuple[int, ...] = (0,),
-        feature_mode: str = "stored",
+        feature_mode: str = "auto",
         feature_dtype: torch.dtype = torch.float16,
+        feature_memory_budget: int | None = None,
         trajectories: dict[tuple[int, int], Trajectories] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
@@ -461,8 +532,11 @@ class FlattenPipeline(DiffusionPipeline):
             attention_mode: ``"spatial"``, ``"dsta"``, ``"flatten"`` or ``"dsta+flatten"``.
             flatten_variant: ``"II"``, ``"I"`` or ``"source-qk"``.
             flatten_levels: U-Net levels where flow-guided attention runs (0: the latent grid).
-            feature_mode: ``"stored"`` or ``"recompute"`` (less memory, more compute).
+            feature_mode: ``"stored"``, ``"recompute"`` (less memory, more compute) or ``"auto"``
+                (stored when the features fit ``feature_memory_budget``, else recompute).
             feature_dtype: dtype of stored features.
+            feature_memory_budget: bytes the stored features may take in ``"auto"`` mode; None:
+                half of the host's available memory.
             trajectories: precomputed trajectories (skips the optical flow).
             latents: precomputed source latents (1, C, F, h, w) (skips VAE encoding).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
@@ -500,6 +574,7 @@ class FlattenPipeline(DiffusionPipeline):
             inject_steps=inject_steps,
             feature_mode=feature_mode,
             feature_dtype=feature_dtype,
+            feature_memory_budget=feature_memory_budget,
             attention_mode=attention_mode,
             flatten_variant=flatten_variant,
         )
