@@ -97,6 +97,15 @@ def test_rules_hold():
         assert continued == reached
 
 
+@pytest.mark.parametrize("frames", [2, 17, 33])
+def test_still_video_gives_one_trajectory_per_cell_through_all_frames(frames):
+    # The longest possible chains: pointer jumping must reach back over all F - 1 links.
+    trajectories = sample_trajectories(torch.zeros(frames - 1, 2, 8, 12), (4, 6))
+    assert torch.equal(trajectories.labels, torch.arange(24).view(1, 4, 6).expand(frames, 4, 6))
+    (group,) = trajectories.groups
+    assert group.shape == (24, frames)
+
+
 def test_same_seed_same_trajectories_and_seed_matters():
     flows = random_flows(scale=20.0)
     first = sample_trajectories(flows, (12, 20), torch.Generator().manual_seed(7))

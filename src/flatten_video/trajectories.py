@@ -173,7 +173,7 @@ def sample_trajectories(
     # Cells are numbered video-wide, t*h*w + y*w + x. The work is a few dozen passes over all
     # cells, in place and in int32 where possible: fresh memory costs as much as the arithmetic.
     cell = torch.arange(frames * h * w, dtype=torch.int32)
-    head = _first_cells(_previous_cells(steps, cell, generator).int())
+    head = _first_cells(_previous_cells(steps, cell, generator).int(), frames)
     # Trajectories are numbered by their first cell, which is their order of appearance.
     labels = torch.cumsum(head == cell, 0).sub_(1).index_select(0, head)
     frame = _frame_of_cells(frames, h * w, dtype=torch.int32)
@@ -183,11 +183,13 @@ def sample_trajectories(
     return Trajectories(labels=labels.view(frames, h, w), groups=groups)
 
 
-def _first_cells(previous: torch.Tensor) -> torch.Tensor:
+def _first_cells(previous: torch.Tensor, frames: int) -> torch.Tensor:
     """Pointer jumping: from each cell's predecessor (itself at a start) to the first cell of its
-    trajectory, in log2(F) rounds of ``head = head[head]``. Overwrites ``previous``."""
+    trajectory. After k rounds of ``head = head[head]`` every cell points 2**k cells back along
+    its trajectory (or to its start), and no trajectory is longer than F. Overwrites ``previous``."""
     head, jumped = previous, torch.empty_like(previous)
-    while not torch.equal(torch.index_select(head, 0, head, out=jumped), head):
+    for _ in range(max(frames - 1, 1).bit_length()):
+        torch.index_select(head, 0, head, out=jumped)
         head, jumped = jumped, head
     return head
 
