@@ -29,20 +29,19 @@ import csv
 import datetime
 import json
 import math
-import os
 import pathlib
 import re
 import shlex
 import subprocess
 import sys
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
 
 from .cli import add_edit_arguments, default_device, load_pipeline, resolve_dtype
 from .editing import EditSettings
+from .files import atomic_write
 
 #: The four edit prompts of every LOVEU-TGVE video, in the CSV's column order.
 EDITS = ("style", "object", "background", "multiple")
@@ -317,12 +316,8 @@ def shard(items: list[Item], index: int, count: int) -> list[Item]:
 def write_text_atomic(path: pathlib.Path, text: str) -> None:
     """Write to a temporary file beside ``path`` and move it there: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_write(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: pathlib.Path, data) -> None:

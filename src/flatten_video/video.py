@@ -19,7 +19,6 @@ import numbers
 import os
 import pathlib
 import re
-import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator, Sequence
@@ -28,6 +27,8 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+
+from .files import atomic_write
 
 __all__ = ["IMAGE_EXTENSIONS", "Video", "VideoError", "read_video", "working_size", "write_video"]
 
@@ -398,13 +399,9 @@ def write_video(
         raise VideoError(f"cannot write {path}: a parent of it is a file, not a folder") from None
     except OSError as err:
         raise VideoError(f"cannot write {path}: {err.strerror or err}") from None
-    # Not mkstemp: its 0600 mode would stick to the output. Keep the suffix so the muxer picks the format.
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
     try:
-        _WRITERS[suffix](arrays, str(tmp), float(fps))
-        os.replace(tmp, path)
+        with atomic_write(path, suffix) as tmp:  # the suffix lets the muxer pick the format
+            _WRITERS[suffix](arrays, str(tmp), float(fps))
     except (OSError, av.FFmpegError) as err:
         raise VideoError(f"cannot write {path}: {getattr(err, 'strerror', None) or err}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
