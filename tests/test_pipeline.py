@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from conftest import REFERENCE_CASES, moving_texture, require_reference
 from flatten_video import FlattenPipeline, Trajectories
 from flatten_video.features import RESNET_POINTS, available_memory, check_injection_points
-from flatten_video.pipeline import ModelLoadError
+from flatten_video.pipeline import FlattenInversion, ModelLoadError
 
 STEPS = dict(num_inference_steps=2, num_inversion_steps=4)
 
@@ -135,7 +135,8 @@ def test_auto_mode_within_budget_stores_the_features(tiny_pipe, source):
     options = dict(STEPS, inject_steps=2)
     stored = tiny_pipe.invert(latents, trajectories, **options, feature_mode="stored")
     auto = tiny_pipe.invert(latents, trajectories, **options, feature_mode="auto", feature_memory_budget=2**60)
-    assert auto.feature_mode == "stored" and not auto.source_latents
+    assert auto.feature_mode == "stored"
+    assert sorted(auto.source_latents) == sorted(auto.injected_timesteps)  # kept in every mode, for save()
     assert same_features(auto.features, stored.features)
     # Exactly at the budget still stores: the estimate is one step's features times the steps.
     at_budget = tiny_pipe.invert(latents, trajectories, **options, feature_memory_budget=stored.held_bytes)
@@ -155,7 +156,6 @@ def test_auto_mode_over_budget_recomputes_like_recompute_mode(tiny_pipe, source,
     assert "recomputing" in caplog.text and "GiB" in caplog.text
     assert auto.feature_mode == "recompute" and auto.features is None
     assert tiny_pipe.flatten.features is None
-    # The first injected step's latent was kept while its features were being measured.
     assert sorted(auto.source_latents) == sorted(kept.source_latents) == sorted(auto.injected_timesteps)
     for t, latent in kept.source_latents.items():
         assert torch.equal(auto.source_latents[t], latent)
@@ -165,6 +165,49 @@ def test_auto_mode_over_budget_recomputes_like_recompute_mode(tiny_pipe, source,
     _, auto_out = injected_rows(tiny_pipe, auto)
     _, kept_out = injected_rows(tiny_pipe, kept)
     assert torch.equal(auto_out, kept_out)
+
+
+def test_saved_inversion_loads_and_edits_like_the_original(tiny_pipe, source, tmp_path):
+    _, trajectories, latents = source
+    original = tiny_pipe.invert(
+        latents, trajectories, **STEPS, inject_steps=2, feature_mode="stored", feature_dtype=torch.float32
+    )
+    path = original.save(tmp_path / "cache" / "walk.safetensors")
+    assert [p.name for p in path.parent.iterdir()] == ["walk.safetensors"]  # no temporary file left
+
+    loaded = FlattenInversion.load(path)
+    assert loaded.feature_mode == "recompute" and loaded.features is None
+    assert torch.equal(loaded.latents, original.latents)
+    assert loaded.injected_timesteps == original.injected_timesteps
+    assert loaded.num_inference_steps == original.num_inference_steps
+    assert loaded.trajectories.keys() == original.trajectories.keys()
+    for grid, trajectory in original.trajectories.items():
+        assert torch.equal(loaded.trajectories[grid].labels, trajectory.labels)
+    # The stored features are not saved; recomputed from the saved latents they give the same edit.
+    _, original_out = injected_rows(tiny_pipe, original)
+    _, loaded_out = injected_rows(tiny_pipe, loaded)
+    assert torch.allclose(loaded_out, original_out, atol=1e-4, rtol=0)
+    # And the whole pipeline takes it in place of a video.
+    edited = tiny_pipe(inversion=loaded, prompt="a cat", output_type="latent").frames
+    assert edited.shape == latents.shape
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "incomplete"])
+def test_loading_a_damaged_inversion_is_a_clear_error(tiny_pipe, source, tmp_path, damage):
+    from safetensors.torch import save_file
+
+    _, trajectories, latents = source
+    path = tiny_pipe.invert(latents, trajectories, **STEPS, inject_steps=2).save(tmp_path / "inv.safetensors")
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "foreign":
+        save_file({"weight": torch.zeros(2)}, path)
+    else:
+        loaded = FlattenInversion.load(path)
+        loaded.source_latents.popitem()
+        loaded.save(path)
+    with pytest.raises(ValueError, match="inversion|source latents"):
+        FlattenInversion.load(path)
 
 
 def test_auto_mode_default_budget_is_half_the_available_memory(tiny_pipe, source, monkeypatch):

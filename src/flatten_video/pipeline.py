@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import pathlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,6 +21,8 @@ from diffusers import (
 )
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils import BaseOutput
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -25,11 +30,13 @@ from .attention import install_flatten
 from .context import FlattenContext
 from .features import FEATURE_MODES, FeatureStore, available_memory, check_injection_points
 from .flow import estimate_flow
+from .files import atomic_write
 from .trajectories import Trajectories, sample_trajectories
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+INVERSION_FORMAT = "flatten-video-inversion/1"
 
 
 class ModelLoadError(RuntimeError):
@@ -62,7 +69,9 @@ class FlattenInversion:
             inputs at those timesteps in ``source_latents``); ``"auto"`` has been resolved to one
             of them.
         features: the recorded features (stored mode).
-        source_latents: timestep -> (1, C, F, h, w) latent inversion fed the U-Net (recompute mode).
+        source_latents: timestep -> (1, C, F, h, w) latent inversion fed the U-Net at each
+            injected timestep. Always kept (about 1 MB a step at 512x512): recompute mode
+            recomputes the features from them, and they let :meth:`save` write any inversion.
     """
 
     latents: torch.Tensor
@@ -83,6 +92,59 @@ class FlattenInversion:
         if self.features is not None:
             return self.features.nbytes
         return sum(t.numel() * t.element_size() for t in self.source_latents.values())
+
+    def save(self, path: str | os.PathLike) -> pathlib.Path:
+        """Write z_T, the source latents and the trajectories to a safetensors file, atomically.
+
+        Stored features are not written (tens of GB at the paper's size): a loaded inversion
+        recomputes them from the source latents, which gives the same edit.
+        """
+        tensors = {"latents": self.latents}
+        tensors.update({f"source_latents.{t}": latent for t, latent in self.source_latents.items()})
+        tensors.update({f"trajectories.{h}x{w}": tr.labels for (h, w), tr in self.trajectories.items()})
+        metadata = {
+            "format": INVERSION_FORMAT,
+            "num_inference_steps": str(self.num_inference_steps),
+            "injected_timesteps": json.dumps(self.injected_timesteps),
+        }
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, ".safetensors") as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FlattenInversion":
+        """An inversion written by :meth:`save`, in recompute mode, on the CPU.
+
+        Raises:
+            ValueError: the file is not a complete inversion written by this project.
+        """
+        try:
+            with safe_open(str(path), "pt") as file:
+                metadata = file.metadata() or {}
+                tensors = {key: file.get_tensor(key) for key in file.keys()}
+        except Exception as error:  # safetensors raises its own errors for a truncated or foreign file
+            raise ValueError(f"cannot read the inversion {path}: {error}") from error
+        if metadata.get("format") != INVERSION_FORMAT or "latents" not in tensors:
+            raise ValueError(f"{path} is not an inversion written by flatten-video ({INVERSION_FORMAT})")
+        injected = json.loads(metadata["injected_timesteps"])
+        source_latents = {int(key.split(".", 1)[1]): v for key, v in tensors.items() if key.startswith("source_latents.")}
+        if sorted(source_latents) != sorted(injected):
+            raise ValueError(f"{path} lacks the source latents of some injected timesteps")
+        trajectories = {}
+        for key, labels in tensors.items():
+            if key.startswith("trajectories."):
+                h, w = (int(n) for n in key.split(".", 1)[1].split("x"))
+                trajectories[(h, w)] = Trajectories.from_labels(labels)
+        return cls(
+            latents=tensors["latents"],
+            trajectories=trajectories,
+            num_inference_steps=int(metadata["num_inference_steps"]),
+            injected_timesteps=injected,
+            feature_mode="recompute",
+            source_latents=source_latents,
+        )
 
 
 def frames_to_tensor(video) -> torch.Tensor:
@@ -316,13 +378,13 @@ class FlattenPipeline(DiffusionPipeline):
         The U-Net sees the latent at noise level t with timestep t for t = 1, 1 + k, ...,
         1 + (n-2)k (k = 1000 // n for ``num_inversion_steps`` n), and each deterministic step
         moves it to level t + k, as the paper's code does. At the timesteps that the first
-        ``inject_steps`` sampling steps will visit, the source features are recorded
-        (``feature_mode="stored"``, kept in ``feature_dtype`` on the CPU) or the latent fed to the
-        U-Net is kept to recompute them during sampling (``"recompute"``).
+        ``inject_steps`` sampling steps will visit, the latent fed to the U-Net is kept, and the
+        source features are recorded (``feature_mode="stored"``, kept in ``feature_dtype`` on the
+        CPU) or left to be recomputed from that latent during sampling (``"recompute"``).
 
         ``"auto"`` (the default) stores the features of the first injected timestep, then
         estimates the whole store as that size times ``inject_steps``: within
-        ``feature_memory_budget`` it goes on storing, else it keeps latents from there on, as
+        ``feature_memory_budget`` it goes on storing, else it drops the store and recomputes, as
         recompute mode does. The returned inversion's ``feature_mode`` is the mode chosen.
 
         Args:
@@ -384,31 +446,25 @@ class FlattenPipeline(DiffusionPipeline):
         self, inversion: FlattenInversion, latents: torch.Tensor, t: int, embeds: torch.Tensor, budget: int | None
     ) -> torch.Tensor:
         """One inversion U-Net call, (1, C, F, h, w) -> (1, C, F, h, w), keeping what sampling
-        needs at t: nothing, the features (stored) or the U-Net input (recompute)."""
+        needs at t: nothing, or the U-Net input and (stored mode) the features."""
         if t not in inversion.injected_timesteps:
             return self._unet(latents, t, embeds)
+        inversion.source_latents[t] = latents.clone()
         if inversion.features is None:
-            inversion.source_latents[t] = latents.clone()
             return self._unet(latents, t, embeds)
-        deciding = inversion.feature_mode == "auto"
-        # Auto mode keeps the input too, should the features of this step turn out too many.
-        kept = latents.clone() if deciding else None
         with inversion.features.capturing(t):
             noise = self._unet(latents, t, embeds)
-        if deciding:
-            self._resolve_auto_mode(inversion, t, kept, budget)
+        if inversion.feature_mode == "auto":
+            self._resolve_auto_mode(inversion, budget)
         return noise
 
-    def _resolve_auto_mode(
-        self, inversion: FlattenInversion, t: int, source_latent: torch.Tensor, budget: int | None
-    ) -> None:
-        """Settle ``feature_mode="auto"`` once the features of the first injected timestep t are
+    def _resolve_auto_mode(self, inversion: FlattenInversion, budget: int | None) -> None:
+        """Settle ``feature_mode="auto"`` once the features of the first injected timestep are
         stored: every injected step records the same layers at the same shapes, so the store
         would end at this step's size times the number of injected steps.
 
         Within ``budget`` (None: no limit) the inversion goes on storing; beyond it, the store is
-        dropped and ``source_latent`` (1, C, F, h, w), the U-Net input at t, is kept instead, as
-        recompute mode does for every injected step.
+        dropped and the features are recomputed from the source latents during sampling.
         """
         estimate = inversion.features.nbytes * len(inversion.injected_timesteps)
         if budget is None or estimate <= budget:
@@ -422,7 +478,6 @@ class FlattenPipeline(DiffusionPipeline):
         )
         inversion.feature_mode = "recompute"
         inversion.features = self.flatten.features = None
-        inversion.source_latents[t] = source_latent
 
     @torch.no_grad()
     def sample(
@@ -494,10 +549,67 @@ class FlattenPipeline(DiffusionPipeline):
         return latents
 
     @torch.no_grad()
-    def __call__(
+    def invert_video(
         self,
         video,
-        prompt: str,
+        *,
+        num_inference_steps: int = 50,
+        num_inversion_steps: int = 100,
+        inject_steps: int = 40,
+        generator: torch.Generator | None = None,
+        flow_method: str = "raft",
+        attention_mode: str = "dsta+flatten",
+        flatten_variant: str = "II",
+        flatten_levels: tuple[int, ...] = (0,),
+        feature_mode: str = "auto",
+        feature_dtype: torch.dtype = torch.float16,
+        feature_memory_budget: int | None = None,
+        trajectories: dict[tuple[int, int], Trajectories] | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> FlattenInversion:
+        """Everything before sampling: flow, trajectories, VAE encoding and inversion.
+
+        Arguments as in :meth:`__call__`. The result can be edited with many prompts
+        (``pipe(inversion=..., prompt=...)`` or :meth:`sample`) and saved with
+        :meth:`FlattenInversion.save`.
+        """
+        frames = frames_to_tensor(video)
+        if len(frames) < 2:
+            raise ValueError(f"a video needs at least 2 frames, got {len(frames)}")
+        height, width = frames.shape[-2:]
+        if height % 8 or width % 8:
+            raise ValueError(f"frame size {width}x{height} must be a multiple of 8 on both sides")
+        _check_positive(num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps)
+        FlattenContext(attention_mode=attention_mode, variant=flatten_variant)  # validates both names
+
+        if trajectories is None:
+            flow_guided = attention_mode in ("flatten", "dsta+flatten")
+            trajectories = (
+                self.prepare_trajectories(
+                    frames, flow_method=flow_method, flatten_levels=flatten_levels, generator=generator
+                )
+                if flow_guided
+                else {}
+            )
+        if latents is None:
+            latents = self.encode_video(frames, generator)
+        return self.invert(
+            latents,
+            trajectories,
+            num_inversion_steps=num_inversion_steps,
+            num_inference_steps=num_inference_steps,
+            inject_steps=inject_steps,
+            feature_mode=feature_mode,
+            feature_dtype=feature_dtype,
+            feature_memory_budget=feature_memory_budget,
+            attention_mode=attention_mode,
+            flatten_variant=flatten_variant,
+        )
+
+    def __call__(
+        self,
+        video=None,
+        prompt: str = "",
         negative_prompt: str = "",
         *,
         num_inference_steps: int = 50,
@@ -515,6 +627,7 @@ class FlattenPipeline(DiffusionPipeline):
         feature_memory_budget: int | None = None,
         trajectories: dict[tuple[int, int], Trajectories] | None = None,
         latents: torch.Tensor | None = None,
+        inversion: FlattenInversion | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -539,6 +652,8 @@ class FlattenPipeline(DiffusionPipeline):
                 half of the host's available memory.
             trajectories: precomputed trajectories (skips the optical flow).
             latents: precomputed source latents (1, C, F, h, w) (skips VAE encoding).
+            inversion: a source already inverted (:meth:`invert_video`, :meth:`FlattenInversion.load`);
+                skips everything before sampling, and ``video`` may then be None.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
 
         Returns:
@@ -546,38 +661,25 @@ class FlattenPipeline(DiffusionPipeline):
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
-        frames = frames_to_tensor(video)
-        if len(frames) < 2:
-            raise ValueError(f"a video needs at least 2 frames, got {len(frames)}")
-        height, width = frames.shape[-2:]
-        if height % 8 or width % 8:
-            raise ValueError(f"frame size {width}x{height} must be a multiple of 8 on both sides")
-        _check_positive(num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps)
-        FlattenContext(attention_mode=attention_mode, variant=flatten_variant)  # validates both names
-
-        if trajectories is None:
-            flow_guided = attention_mode in ("flatten", "dsta+flatten")
-            trajectories = (
-                self.prepare_trajectories(
-                    frames, flow_method=flow_method, flatten_levels=flatten_levels, generator=generator
-                )
-                if flow_guided
-                else {}
+        if inversion is None:
+            if video is None:
+                raise ValueError("give the source video, or an inversion of it")
+            inversion = self.invert_video(
+                video,
+                num_inference_steps=num_inference_steps,
+                num_inversion_steps=num_inversion_steps,
+                inject_steps=inject_steps,
+                generator=generator,
+                flow_method=flow_method,
+                attention_mode=attention_mode,
+                flatten_variant=flatten_variant,
+                flatten_levels=flatten_levels,
+                feature_mode=feature_mode,
+                feature_dtype=feature_dtype,
+                feature_memory_budget=feature_memory_budget,
+                trajectories=trajectories,
+                latents=latents,
             )
-        if latents is None:
-            latents = self.encode_video(frames, generator)
-        inversion = self.invert(
-            latents,
-            trajectories,
-            num_inversion_steps=num_inversion_steps,
-            num_inference_steps=num_inference_steps,
-            inject_steps=inject_steps,
-            feature_mode=feature_mode,
-            feature_dtype=feature_dtype,
-            feature_memory_budget=feature_memory_budget,
-            attention_mode=attention_mode,
-            flatten_variant=flatten_variant,
-        )
         edited = self.sample(
             inversion,
             prompt,
