@@ -99,6 +99,35 @@ def test_gif_output(clip, tiny_sd_path, tmp_path, capsys):
     assert stream_info(output) == (W, H, 3)
 
 
+def test_cache_dir_resumes_an_edit_that_stopped_while_sampling(clip, tiny_sd_path, tmp_path, capsys, monkeypatch):
+    from flatten_video import FlattenPipeline
+
+    output = tmp_path / "edit.mp4"
+    argv = edit_argv(clip, output, tiny_sd_path, "--cache-dir", str(tmp_path / "cache"))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory while sampling")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FlattenPipeline, "sample", crash)
+        status, _, err = run(argv, capsys)
+    assert status == 1 and "out of memory while sampling" in err
+    assert not output.exists()
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1  # the inversion was kept
+
+    inversions = []
+    original_invert = FlattenPipeline.invert
+    monkeypatch.setattr(FlattenPipeline, "invert", lambda *a, **k: inversions.append(1) or original_invert(*a, **k))
+    status, out, _ = run(argv, capsys)
+    assert status == 0 and out.strip() == f"wrote {output}"
+    assert inversions == []  # resumed from the cached inversion
+    assert stream_info(output) == (W, H, 3)
+    # Another seed changes the inversion (VAE sample, trajectories): not taken from the cache.
+    status, _, _ = run(argv + ["--seed", "7"], capsys)
+    assert status == 0 and inversions == [1]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+
+
 def test_default_output_is_named_after_the_video_in_the_working_folder(
     clip, tiny_sd_path, tmp_path, capsys, monkeypatch
 ):

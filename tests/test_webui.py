@@ -51,7 +51,22 @@ def test_editor_writes_an_mp4_named_after_video_prompt_and_seed(tiny_sd_path, so
     assert written.parent == tmp_path / "results"
     assert written.name.startswith("walk-a-tiger-high-quality-seed5-") and written.suffix == ".mp4"
     assert frame_count(written) == (W, H, 3)
-    assert [p.name for p in written.parent.iterdir()] == [written.name]  # no temp file left behind
+    assert sorted(p.name for p in written.parent.iterdir()) == sorted([written.name, "inversions"])  # no temp file
+    assert len(list((tmp_path / "results" / "inversions").glob("*.safetensors"))) == 1
+
+
+def test_a_new_prompt_on_the_same_clip_reuses_the_inversion(tiny_sd_path, source, tmp_path, monkeypatch):
+    editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results")
+    editor(source, EditSettings(prompt="a tiger", **FAST))
+    inversions = []
+    monkeypatch.setattr(type(editor.pipeline), "invert", lambda *a, **k: inversions.append(a))
+
+    second = editor(source, EditSettings(prompt="a white fox", guidance=5.0, **FAST))
+
+    assert inversions == [] and frame_count(second) == (W, H, 3)
+    with pytest.raises(gr.Error):  # other inversion settings: inverted again (here: refused by the patch)
+        webui.run_form(editor, str(source), *form_values(seed=6))
+    assert len(inversions) == 1
 
 
 def test_form_values_become_settings_with_zero_meaning_automatic():
@@ -105,6 +120,16 @@ def test_web_command_listens_on_localhost_without_share_link_by_default(monkeypa
     assert launched["allowed_paths"] == [str(tmp_path / "flatten-video-outputs")]
 
 
+def test_web_command_cache_options(monkeypatch, tmp_path):
+    editors = []
+    monkeypatch.setattr(webui, "build_app", lambda editor: editors.append(editor) or gr.Blocks())
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: None)
+    cli.main(["web", "--output-dir", str(tmp_path / "o"), "--device", "cpu"])
+    cli.main(["web", "--cache-dir", str(tmp_path / "c"), "--device", "cpu"])
+    cli.main(["web", "--no-cache", "--device", "cpu"])
+    assert [e.cache_dir for e in editors] == [tmp_path / "o" / "inversions", tmp_path / "c", None]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -125,7 +150,7 @@ def test_served_page_edits_a_video_end_to_end(tiny_sd_path, source, tmp_path):
         client = Client(url, verbose=False)
         result = client.predict(handle_file(str(source)), *form_values(), api_name="/edit")
         assert frame_count(pathlib.Path(result)) == (W, H, 3)
-        assert len(list(editor.output_dir.iterdir())) == 1
+        assert len(list(editor.output_dir.glob("*.mp4"))) == 1
         with pytest.raises(Exception, match="multiple of 8"):
             client.predict(handle_file(str(source)), *form_values(width=90), api_name="/edit")
     finally:

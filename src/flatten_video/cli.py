@@ -87,7 +87,7 @@ def run_edit(args: argparse.Namespace) -> int:
     clip = prepare_edit(args.video, output, settings)  # fails fast, before the model loads
     device = args.device or default_device()
     pipe = load_pipeline(args.model, device, resolve_dtype(args.dtype, device))
-    written = edit_video(pipe, args.video, output, settings, clip=clip)
+    written = edit_video(pipe, args.video, output, settings, clip=clip, cache_dir=args.cache_dir)
     print(f"wrote {written}")
     return 0
 
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     edit = commands.add_parser("edit", help="edit a video from a text prompt")
     add_edit_arguments(edit)
+    edit.add_argument("--cache-dir", default=None, help="keep inversions here: editing the same clip again with the same settings, any prompt, skips flow and inversion, and a run that stopped while sampling resumes (default: no cache)")
     edit.set_defaults(handler=run_edit)
     from . import bench, webui
 

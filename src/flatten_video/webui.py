@@ -46,15 +46,22 @@ class Editor:
         model: hub id or local folder of a Stable Diffusion 1.x/2.x checkpoint.
         device, dtype: where and how the model runs (default: the best device; float16 on CUDA).
         output_dir: where results are written (created on first use).
+        cache_dir: where inversions are kept, so that a new prompt on the same clip and settings
+            skips flow and inversion (default: ``<output_dir>/inversions``; False: no cache).
         pipeline: an already loaded pipeline to use instead of loading ``model``.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
-                 output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR, pipeline=None):
+                 output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR, cache_dir: str | os.PathLike | bool | None = None,
+                 pipeline=None):
         self.model = model
         self.device = device or default_device()
         self.dtype = resolve_dtype(dtype, self.device)
         self.output_dir = pathlib.Path(output_dir)
+        if cache_dir is False:
+            self.cache_dir = None
+        else:
+            self.cache_dir = pathlib.Path(cache_dir) if cache_dir else self.output_dir / "inversions"
         self._pipeline = pipeline
         self._lock = threading.Lock()
 
@@ -75,7 +82,7 @@ class Editor:
         """Edit ``video`` and return the written mp4. Bad input raises before the model loads."""
         output = self.output_path(video, settings)
         clip = prepare_edit(video, output, settings)
-        return edit_video(self.pipeline, video, output, settings, clip=clip)
+        return edit_video(self.pipeline, video, output, settings, clip=clip, cache_dir=self.cache_dir)
 
 
 def form_settings(prompt, negative_prompt, frames, stride, width, height, crop, steps, inversion_steps,
@@ -179,7 +186,7 @@ def _gradio():
 
 
 def run_web(args: argparse.Namespace) -> int:
-    editor = Editor(args.model, args.device, args.dtype, args.output_dir)
+    editor = Editor(args.model, args.device, args.dtype, args.output_dir, False if args.no_cache else args.cache_dir)
     app = build_app(editor)
     print(f"flatten-video web UI on http://{args.host}:{args.port} (results in {editor.output_dir.absolute()})")
     app.launch(
@@ -203,4 +210,6 @@ def register(commands) -> None:
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
     parser.add_argument("--open", action="store_true", help="open the page in a browser")
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"where edited videos are kept (default: ./{DEFAULT_OUTPUT_DIR})")
+    parser.add_argument("--cache-dir", default=None, help="where inversions are kept, so a new prompt on the same clip skips flow and inversion (default: OUTPUT_DIR/inversions)")
+    parser.add_argument("--no-cache", action="store_true", help="keep no inversions")
     parser.set_defaults(handler=run_web)
