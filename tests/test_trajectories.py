@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from flatten_video.trajectories import Trajectories, grid_flow, sample_trajectories
+from flatten_video.trajectories import Trajectories, grid_flow, sample_trajectories, sample_trajectory_pyramid
 
 
 def reference_labels(flows: torch.Tensor, size, generator: torch.Generator) -> torch.Tensor:
@@ -104,6 +104,30 @@ def test_still_video_gives_one_trajectory_per_cell_through_all_frames(frames):
     assert torch.equal(trajectories.labels, torch.arange(24).view(1, 4, 6).expand(frames, 4, 6))
     (group,) = trajectories.groups
     assert group.shape == (24, frames)
+
+
+@pytest.mark.parametrize(
+    "flow_size, sizes",
+    [
+        ((48, 80), [(12, 20), (6, 10), (3, 5)]),  # nested: picked from the finest grid
+        ((48, 80), [(6, 10), (12, 20), (5, 7)]),  # finest not first, and a grid that does not nest
+        ((50, 70), [(12, 16), (6, 8)]),  # the finest grid does not divide the flow
+    ],
+)
+def test_pyramid_equals_one_call_per_grid(flow_size, sizes):
+    flows = random_flows(height=flow_size[0], width=flow_size[1], scale=20.0)
+    pyramid = sample_trajectory_pyramid(flows, sizes, torch.Generator().manual_seed(4))
+    generator = torch.Generator().manual_seed(4)
+    assert list(pyramid) == sizes
+    for size in sizes:
+        one = sample_trajectories(flows, size, generator)
+        assert torch.equal(pyramid[size].labels, one.labels)
+        assert all(torch.equal(a, b) for a, b in zip(pyramid[size].groups, one.groups, strict=True))
+
+
+def test_pyramid_checks_every_size():
+    with pytest.raises(ValueError, match="larger"):
+        sample_trajectory_pyramid(torch.zeros(2, 2, 8, 8), [(4, 4), (16, 4)])
 
 
 def test_same_seed_same_trajectories_and_seed_matters():

@@ -8,7 +8,7 @@ from .context import ATTENTION_MODES, FLATTEN_VARIANTS, FlattenContext
 from .features import FeatureStore
 from .flow import estimate_flow
 from .pipeline import FlattenInversion, FlattenPipeline, FlattenPipelineOutput
-from .trajectories import Trajectories, sample_trajectories
+from .trajectories import Trajectories, sample_trajectories, sample_trajectory_pyramid
 
 __all__ = [
     "ATTENTION_MODES",
@@ -25,6 +25,7 @@ __all__ = [
     "flow_guided_attention",
     "install_flatten",
     "sample_trajectories",
+    "sample_trajectory_pyramid",
 ]
 
 __version__ = "0.1.0"

@@ -31,7 +31,7 @@ from .context import FlattenContext
 from .features import FEATURE_MODES, FeatureStore, available_memory, check_injection_points
 from .flow import estimate_flow
 from .files import atomic_write
-from .trajectories import Trajectories, sample_trajectories
+from .trajectories import Trajectories, sample_trajectory_pyramid
 
 logger = logging.getLogger(__name__)
 
@@ -300,10 +300,7 @@ class FlattenPipeline(DiffusionPipeline):
         flows = estimate_flow(frames, flow_method, device=self._execution_device, progress=progress)
         seed = generator.initial_seed() if generator is not None else torch.initial_seed()
         cpu_generator = torch.Generator().manual_seed(seed)
-        return {
-            grid: sample_trajectories(flows, grid, cpu_generator)
-            for grid in self.latent_grids(*frames.shape[-2:], flatten_levels)
-        }
+        return sample_trajectory_pyramid(flows, self.latent_grids(*frames.shape[-2:], flatten_levels), cpu_generator)
 
     @torch.no_grad()
     def encode_video(

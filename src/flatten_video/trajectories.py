@@ -120,17 +120,26 @@ def grid_flow(flows: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     picks) and rounding, as the paper's code does. Only the picked pixels are read, and a NaN or
     infinite value among them is a ``ValueError``.
     """
+    return _to_cells(_nearest(flows, size), flows.shape[-2:])
+
+
+def _nearest(flows: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The pixels nearest resizing of (..., H, W) to (..., h, w) picks, as a view where it can."""
     height, width = flows.shape[-2:]
     h, w = size
     if height % h == 0 and width % w == 0:
         # Nearest then picks every k-th pixel: a strided view reads them without a gather.
-        small = flows[:, :, :: height // h, :: width // w]
-    else:
-        rows = torch.arange(h, device=flows.device) * height // h
-        cols = torch.arange(w, device=flows.device) * width // w
-        small = flows.index_select(2, rows).index_select(3, cols)
-    scale = torch.tensor([w / width, h / height], device=flows.device).view(1, 2, 1, 1)
-    cells = small.float() * scale
+        return flows[..., :: height // h, :: width // w]
+    rows = torch.arange(h, device=flows.device) * height // h
+    cols = torch.arange(w, device=flows.device) * width // w
+    return flows.index_select(-2, rows).index_select(-1, cols)
+
+
+def _to_cells(picked: torch.Tensor, pixel_size: tuple[int, int]) -> torch.Tensor:
+    """Picked flows (F-1, 2, h, w), in pixels of an (H, W) frame -> rounded cell steps, int32."""
+    (h, w), (height, width) = picked.shape[-2:], pixel_size
+    scale = torch.tensor([w / width, h / height], device=picked.device).view(1, 2, 1, 1)
+    cells = picked.float() * scale
     if not torch.isfinite(cells.sum()):  # any NaN or inf makes the sum non-finite
         raise ValueError("flows contain NaN or infinite values")
     return cells.round_().int()
@@ -167,8 +176,45 @@ def sample_trajectories(
         :class:`Trajectories` over F = len(flows) + 1 frames.
     """
     _check_flows(flows, size)
-    h, w = size
-    steps = grid_flow(flows.detach(), size).cpu()
+    return _sample(grid_flow(flows.detach(), size).cpu(), generator)
+
+
+def sample_trajectory_pyramid(
+    flows: torch.Tensor, sizes: list[tuple[int, int]], generator: torch.Generator | None = None
+) -> dict[tuple[int, int], Trajectories]:
+    """:func:`sample_trajectories` for several grids of one video, in the order given.
+
+    Equal to calling it for each size in turn with the same generator, but the flow is read
+    once: where the grids nest (each side divides the finest grid's, which divides the flow's),
+    a coarser grid's pixels are picked from the finest grid's.
+
+    Args:
+        flows: (F-1, 2, H, W) forward flows in pixels.
+        sizes: distinct latent grids (h, w), each at most (H, W).
+
+    Returns:
+        {(h, w): :class:`Trajectories`}.
+    """
+    sizes = [tuple(size) for size in sizes]
+    for size in sizes:
+        _check_flows(flows, size)
+    flows = flows.detach()
+    height, width = flows.shape[-2:]
+    fine_h, fine_w = max(sizes, key=lambda size: size[0] * size[1])
+    # Copied out of the flow once, so the coarser grids read this small tensor and not the flow.
+    fine = _nearest(flows, (fine_h, fine_w)).contiguous()
+    fine_is_exact = height % fine_h == 0 and width % fine_w == 0
+    result = {}
+    for h, w in sizes:
+        nested = fine_is_exact and fine_h % h == 0 and fine_w % w == 0
+        picked = _nearest(fine if nested else flows, (h, w))
+        result[(h, w)] = _sample(_to_cells(picked, (height, width)).cpu(), generator)
+    return result
+
+
+def _sample(steps: torch.Tensor, generator: torch.Generator | None) -> Trajectories:
+    """The trajectories of cell steps (F-1, 2, h, w) int32 from :func:`grid_flow` (consumed)."""
+    h, w = steps.shape[-2:]
     frames = len(steps) + 1
     # Cells are numbered video-wide, t*h*w + y*w + x. The work is a few dozen passes over all
     # cells, in place and in int32 where possible: fresh memory costs as much as the arithmetic.
