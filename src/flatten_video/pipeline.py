@@ -603,6 +603,7 @@ class FlattenPipeline(DiffusionPipeline):
             flatten_variant=flatten_variant,
         )
 
+    @torch.no_grad()
     def __call__(
         self,
         video=None,
