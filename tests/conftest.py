@@ -73,6 +73,27 @@ def tiny_sd21_path(tmp_path_factory, tiny_sd_path) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_lora_path(tmp_path_factory, tiny_sd_path) -> pathlib.Path:
+    """A random LoRA for the tiny U-Net's attention projections, saved as diffusers saves one."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(0)
+    weights = {
+        name: torch.randn(value.shape, generator=generator) * 0.5
+        for name, value in convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)).items()
+    }
+    target = tmp_path_factory.mktemp("lora") / "tiny-lora"
+    StableDiffusionLoraLoaderMixin.save_lora_weights(target, unet_lora_layers=weights, safe_serialization=True)
+    return target
+
+
+@pytest.fixture(scope="session")
 def tiny_pipe(tiny_sd_path):
     from flatten_video import FlattenPipeline
 

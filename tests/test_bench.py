@@ -298,7 +298,7 @@ def test_accelerate_launcher_reexecutes_the_same_command(tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(bench.subprocess, "run", lambda command: commands.append(command) or types.SimpleNamespace(returncode=0))
     argv = ["bench", str(tmp_path), "--steps", "3", "--inject-steps", "2", "--negative-prompt", "", "--ablation", "dsta", "--no-pick-score",
-            "--guidance", "7.5", "--launcher", "accelerate", "--num-processes", "2"]
+            "--guidance", "7.5", "--lora", "a.safetensors", "--lora", "org/b", "--launcher", "accelerate", "--num-processes", "2"]
     assert main(["--debug", *argv]) == 0
     command = commands[0]
     module = command.index("flatten_video.bench")

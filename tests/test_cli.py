@@ -128,6 +128,25 @@ def test_cache_dir_resumes_an_edit_that_stopped_while_sampling(clip, tiny_sd_pat
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
 
 
+def test_lora_edits_and_gets_its_own_cached_inversion(clip, tiny_sd_path, tiny_lora_path, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    plain = edit_argv(clip, tmp_path / "plain.mp4", tiny_sd_path, "--cache-dir", str(cache))
+    assert run(plain, capsys)[0] == 0
+    styled = edit_argv(clip, tmp_path / "styled.mp4", tiny_sd_path, "--cache-dir", str(cache))
+    styled += ["--lora", str(tiny_lora_path), "--lora-scale", "0.8"]
+    status, out, _ = run(styled, capsys)
+    assert status == 0 and out.strip() == f"wrote {tmp_path / 'styled.mp4'}"
+    assert stream_info(tmp_path / "styled.mp4") == (W, H, 3)
+    # The LoRA changes the U-Net, so the inversion too: not the plain model's cached one.
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    status, _, err = run(styled[:-4] + ["--lora", str(tmp_path / "nope.safetensors")], capsys)
+    errors = [line for line in err.splitlines() if line.startswith("flatten-video:")]
+    assert status == 1 and errors == [f"flatten-video: error: could not load the LoRA '{tmp_path / 'nope.safetensors'}': no such file"]
+    # A file path works as well as a folder.
+    styled[styled.index(str(tiny_lora_path))] = str(tiny_lora_path / "pytorch_lora_weights.safetensors")
+    assert run(styled, capsys)[0] == 0
+
+
 def test_default_output_is_named_after_the_video_in_the_working_folder(
     clip, tiny_sd_path, tmp_path, capsys, monkeypatch
 ):

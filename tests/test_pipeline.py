@@ -310,6 +310,38 @@ def test_callback_on_step_end_sees_and_replaces_latents(tiny_pipe, source):
     assert torch.count_nonzero(out) == 0
 
 
+def test_loras_change_the_edit_and_keep_flatten_installed(tiny_sd_path, tiny_lora_path):
+    from flatten_video.attention import FlattenAttnProcessor
+
+    frames = moving_texture(frames=3, height=64, width=96)
+    options = dict(**STEPS, inject_steps=1, flow_method="dis", output_type="latent")
+    pipe = FlattenPipeline.from_pretrained(tiny_sd_path)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe(frames, "a cat", generator=torch.Generator().manual_seed(1), **options).frames
+
+    pipe.load_loras([tiny_lora_path], scale=0.5)
+    assert pipe.loras == [(str(tiny_lora_path), 0.5)]
+    attn1 = pipe.unet.up_blocks[1].attentions[1].transformer_blocks[0].attn1
+    assert isinstance(attn1.processor, FlattenAttnProcessor)  # PEFT wraps to_q, not the processor
+    styled = pipe(frames, "a cat", generator=torch.Generator().manual_seed(1), **options).frames
+    assert (styled - plain).abs().max() > 1e-3
+    pipe.set_adapters(["lora0"], [0.0])  # weight 0: the plain model again
+    assert torch.allclose(pipe(frames, "a cat", generator=torch.Generator().manual_seed(1), **options).frames, plain, atol=1e-5)
+
+
+def test_bad_loras_get_a_clear_error_and_pickles_are_not_read(tiny_sd_path, tiny_lora_path, tmp_path):
+    pipe = FlattenPipeline.from_pretrained(tiny_sd_path)
+    with pytest.raises(ModelLoadError, match="could not load the LoRA") as info:
+        pipe.load_loras([tmp_path / "missing.safetensors"])
+    assert "\n" not in str(info.value)
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    torch.save(load_file(tiny_lora_path / "pytorch_lora_weights.safetensors"), pickled / "pytorch_lora_weights.bin")
+    with pytest.raises(ModelLoadError, match="could not load the LoRA"):
+        pipe.load_loras([pickled])
+    assert pipe.loras == []
+
+
 @pytest.mark.parametrize("layout", ["tiny_sd_path", "tiny_sd21_path"])
 def test_sd15_and_sd21_layouts_edit_end_to_end(layout, request):
     pipe = FlattenPipeline.from_pretrained(request.getfixturevalue(layout))

@@ -130,6 +130,14 @@ def test_web_command_cache_options(monkeypatch, tmp_path):
     assert [e.cache_dir for e in editors] == [tmp_path / "o" / "inversions", tmp_path / "c", None]
 
 
+def test_web_editor_applies_loras(tiny_sd_path, tiny_lora_path, source, tmp_path):
+    editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results",
+                          loras=[str(tiny_lora_path)], lora_scale=0.5)
+    assert "LoRA" in webui._lora_note(editor)
+    assert frame_count(editor(source, EditSettings(prompt="a tiger", **FAST))) == (W, H, 3)
+    assert editor.pipeline.loras == [(str(tiny_lora_path), 0.5)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

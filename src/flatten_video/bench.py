@@ -69,7 +69,7 @@ SPLITS = (("davis", "TGVE-D (DAVIS)"), ("videvo", "TGVE-V (Videvo)"), ("youtube"
 
 #: The options that decide an item's result: a finished item is redone when one of them changes.
 RESULT_OPTIONS = (
-    "model", "frames", "stride", "width", "height", "crop", "steps", "inversion_steps", "inject_steps",
+    "model", "lora", "lora_scale", "frames", "stride", "width", "height", "crop", "steps", "inversion_steps", "inject_steps",
     "guidance", "seed", "negative_prompt", "flow", "attention", "variant", "feature_mode", "fps",
     "side_by_side", "clip_model", "pick_model", "pick_processor", "frame_pairs",
 )
@@ -455,7 +455,7 @@ def run_items(items: list[Item], args, settings: dict, out: pathlib.Path, device
         if args.fail_fast:
             raise BenchError(message) from error
 
-    pipe = load_pipeline(args.model, device, resolve_dtype(args.dtype, device))
+    pipe = load_pipeline(args.model, device, resolve_dtype(args.dtype, device), args.lora, args.lora_scale)
     pipe.set_progress_bar_config(disable=True)  # one bar over items instead of one per denoising loop
     with tqdm(total=len(items), desc=f"bench [{rank}]" if rank else "bench", unit="edit", position=rank) as bar:
         for _, group in groupby(items, key=lambda i: (i.subset, i.video)):
@@ -569,7 +569,10 @@ def bench_argv(args: argparse.Namespace) -> list[str]:
         elif value != action.default:
             flag = max(action.option_strings, key=len)  # the long form
             # --flag=value keeps values such as "" or "-blurry" from being read as options.
-            options.append(flag if action.nargs == 0 else f"{flag}={value}")
+            if action.nargs == 0:
+                options.append(flag)
+            else:  # an appending option (--lora) gives a list: one flag per value
+                options += [f"{flag}={item}" for item in (value if isinstance(value, list) else [value])]
     return argv + options
 
 

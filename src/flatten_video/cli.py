@@ -35,12 +35,18 @@ def resolve_dtype(name: str | None, device: str):
     return getattr(torch, name)
 
 
-def load_pipeline(model: str, device: str, dtype):
-    """A :class:`~flatten_video.FlattenPipeline` on ``device``, progress bars on."""
+def load_pipeline(model: str, device: str, dtype, loras=(), lora_scale: float = 1.0):
+    """A :class:`~flatten_video.FlattenPipeline` on ``device`` with ``loras`` applied, progress bars on."""
     from .pipeline import FlattenPipeline
 
     pipe = FlattenPipeline.from_pretrained(model, torch_dtype=dtype)
+    pipe.load_loras(loras or [], scale=lora_scale)
     return pipe.to(device)
+
+
+def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH", help="LoRA weights to apply (.safetensors file, folder or hub id); repeat for several")
+    parser.add_argument("--lora-scale", type=float, default=1.0, help="weight of the LoRAs (default: 1)")
 
 
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +60,7 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="what the edited video should show")
     parser.add_argument("--negative-prompt", default=default.negative_prompt, help="what it should not show (default: empty)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"Stable Diffusion 1.x/2.x hub id or local folder (default: {DEFAULT_MODEL})")
+    add_lora_arguments(parser)
     parser.add_argument("--frames", type=int, default=default.frames, help=f"frames to edit (default: {default.frames})")
     parser.add_argument("--stride", type=int, default=default.stride, help="take every N-th source frame (default: total // frames)")
     parser.add_argument("--width", type=int, default=default.width, help="working width in pixels, a multiple of 8 (default: aspect kept, short side 512, multiples of 64)")
@@ -86,7 +93,7 @@ def run_edit(args: argparse.Namespace) -> int:
     output = pathlib.Path(args.output) if args.output else default_output(args.video)
     clip = prepare_edit(args.video, output, settings)  # fails fast, before the model loads
     device = args.device or default_device()
-    pipe = load_pipeline(args.model, device, resolve_dtype(args.dtype, device))
+    pipe = load_pipeline(args.model, device, resolve_dtype(args.dtype, device), args.lora, args.lora_scale)
     written = edit_video(pipe, args.video, output, settings, clip=clip, cache_dir=args.cache_dir)
     print(f"wrote {written}")
     return 0

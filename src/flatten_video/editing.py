@@ -164,7 +164,7 @@ class InversionCache:
         digest = hashlib.sha256(frames.float().cpu().contiguous().numpy().tobytes())
         # Everything that changes the inversion, and nothing else: prompts and guidance do not.
         identity = dict(
-            model=str(pipe.name_or_path), dtype=str(pipe.unet.dtype), shape=list(frames.shape),
+            model=str(pipe.name_or_path), loras=pipe.loras, dtype=str(pipe.unet.dtype), shape=list(frames.shape),
             **{name: getattr(settings, name) for name in INVERSION_SETTINGS},
         )
         digest.update(json.dumps(identity, sort_keys=True).encode())

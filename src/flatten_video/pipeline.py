@@ -19,6 +19,7 @@ from diffusers import (
     DiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils import BaseOutput
 from safetensors import safe_open
@@ -189,14 +190,15 @@ def _gib(nbytes: int) -> str:
     return f"{nbytes / 2**30:.2f} GiB"
 
 
-class FlattenPipeline(DiffusionPipeline):
+class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     """Text-to-video editing with FLATTEN on any Stable Diffusion 1.x/2.x checkpoint.
 
     The U-Net is diffusers' own ``UNet2DConditionModel``: frames are folded into the batch and
     FLATTEN is installed through attention processors and norm wrappers (see
     :mod:`flatten_video.attention`). ``__call__`` composes the public steps, which can also be
     run one by one: :meth:`prepare_trajectories`, :meth:`encode_video`, :meth:`invert`,
-    :meth:`sample`, :meth:`decode_latents`.
+    :meth:`sample`, :meth:`decode_latents`. LoRAs load with :meth:`load_loras` (or diffusers'
+    ``load_lora_weights``): PEFT wraps the projections, which FLATTEN's processors call.
 
     Args:
         vae, text_encoder, tokenizer, unet: the Stable Diffusion components.
@@ -227,6 +229,7 @@ class FlattenPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.flatten = FlattenContext()
         install_flatten(unet, self.flatten)
+        self.loras: list[tuple[str, float]] = []  # (source, scale) of each LoRA load_loras applied
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "FlattenPipeline":
@@ -254,6 +257,32 @@ class FlattenPipeline(DiffusionPipeline):
                 "that exists (a first run downloads it; offline, it must be in the Hugging Face cache) or a "
                 f"local folder in diffusers layout with safetensors weights ({reason})"
             ) from error
+
+    def load_loras(self, sources: list[str | os.PathLike], scale: float = 1.0) -> None:
+        """Apply LoRA weights to the U-Net (and the text encoder where they have some).
+
+        Args:
+            sources: safetensors files, folders holding one, or hub ids, in diffusers or kohya
+                format. Only safetensors are read: nothing is unpickled.
+            scale: the weight of every LoRA given here (1: as trained).
+
+        Raises:
+            ModelLoadError: a source cannot be found or read, in one line.
+        """
+        for source in sources:
+            if pathlib.Path(source).suffix and not pathlib.Path(source).exists():  # a file name, not a hub id
+                raise ModelLoadError(f"could not load the LoRA {str(source)!r}: no such file")
+            try:
+                self.load_lora_weights(str(source), adapter_name=f"lora{len(self.loras)}", use_safetensors=True)
+            except (OSError, EnvironmentError, ValueError, KeyError) as error:
+                reason = " ".join(str(error).split())
+                raise ModelLoadError(
+                    f"could not load the LoRA {str(source)!r}: give a .safetensors file, a folder holding one, or a "
+                    f"hub id ({reason})"
+                ) from error
+            self.loras.append((str(source), float(scale)))
+        if self.loras:
+            self.set_adapters([f"lora{i}" for i in range(len(self.loras))], [weight for _, weight in self.loras])
 
     # -- steps -----------------------------------------------------------------------------
 

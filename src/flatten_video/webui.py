@@ -15,7 +15,7 @@ import pathlib
 import re
 import threading
 
-from .cli import DEFAULT_MODEL, DTYPES, default_device, load_pipeline, resolve_dtype
+from .cli import DEFAULT_MODEL, DTYPES, add_lora_arguments, default_device, load_pipeline, resolve_dtype
 from .context import ATTENTION_MODES, FLATTEN_VARIANTS
 from .editing import EditSettings, edit_video, prepare_edit
 from .features import FEATURE_MODES
@@ -48,13 +48,15 @@ class Editor:
         output_dir: where results are written (created on first use).
         cache_dir: where inversions are kept, so that a new prompt on the same clip and settings
             skips flow and inversion (default: ``<output_dir>/inversions``; False: no cache).
+        loras, lora_scale: LoRA weights to apply to ``model``, and their weight.
         pipeline: an already loaded pipeline to use instead of loading ``model``.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
                  output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR, cache_dir: str | os.PathLike | bool | None = None,
-                 pipeline=None):
+                 loras=(), lora_scale: float = 1.0, pipeline=None):
         self.model = model
+        self.loras, self.lora_scale = list(loras), lora_scale
         self.device = device or default_device()
         self.dtype = resolve_dtype(dtype, self.device)
         self.output_dir = pathlib.Path(output_dir)
@@ -69,7 +71,7 @@ class Editor:
     def pipeline(self):
         with self._lock:  # two first requests must not load the model twice
             if self._pipeline is None:
-                self._pipeline = load_pipeline(self.model, self.device, self.dtype)
+                self._pipeline = load_pipeline(self.model, self.device, self.dtype, self.loras, self.lora_scale)
             return self._pipeline
 
     def output_path(self, video: str | os.PathLike, settings: EditSettings) -> pathlib.Path:
@@ -136,7 +138,7 @@ def build_app(editor: Editor):
     with gr.Blocks(title="flatten-video", analytics_enabled=False) as app:
         gr.Markdown(
             "# flatten-video\nTraining-free text-to-video editing with optical-flow-guided attention "
-            f"(FLATTEN, ICLR 2024). Model: `{editor.model}` on `{editor.device}`."
+            f"(FLATTEN, ICLR 2024). Model: `{editor.model}`{_lora_note(editor)} on `{editor.device}`."
         )
         with gr.Row():
             with gr.Column():
@@ -175,6 +177,12 @@ def build_app(editor: Editor):
     return app
 
 
+def _lora_note(editor: Editor) -> str:
+    if not editor.loras:
+        return ""
+    return f" with LoRA {', '.join(f'`{lora}`' for lora in editor.loras)} at {editor.lora_scale:g}"
+
+
 def _gradio():
     # Gradio's usage analytics would call the network; users can still turn them on explicitly.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -186,7 +194,8 @@ def _gradio():
 
 
 def run_web(args: argparse.Namespace) -> int:
-    editor = Editor(args.model, args.device, args.dtype, args.output_dir, False if args.no_cache else args.cache_dir)
+    editor = Editor(args.model, args.device, args.dtype, args.output_dir, False if args.no_cache else args.cache_dir,
+                    args.lora, args.lora_scale)
     app = build_app(editor)
     print(f"flatten-video web UI on http://{args.host}:{args.port} (results in {editor.output_dir.absolute()})")
     app.launch(
@@ -203,6 +212,7 @@ def register(commands) -> None:
     """Add the ``web`` subcommand to the CLI's subparsers."""
     parser = commands.add_parser("web", help="serve the web UI (Gradio)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"Stable Diffusion 1.x/2.x hub id or local folder (default: {DEFAULT_MODEL})")
+    add_lora_arguments(parser)
     parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="model dtype (default: float16 on CUDA, float32 elsewhere)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST}, this machine only; 0.0.0.0 for the network)")
