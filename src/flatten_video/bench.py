@@ -39,7 +39,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
 
-from .cli import add_edit_arguments, default_device, load_pipeline, resolve_dtype
+from .cli import add_edit_arguments, default_device, error_line, load_pipeline, resolve_dtype
+from .context import FLOW_GUIDED_MODES
 from .editing import EditSettings
 from .files import atomic_write
 
@@ -380,10 +381,9 @@ def prepare_video(pipe, item: Item, args, device: str, generator) -> PreparedVid
         options = dict(method=args.flow, device=device, progress=False)
         flows = (estimate_flow(clip.frames, **options), estimate_flow(clip.frames.flip(0), **options).flip(0))
     with timed(timings, "trajectories", device):
-        flow_guided = args.attention in ("flatten", "dsta+flatten")
         trajectories = (
-            pipe.prepare_trajectories(clip.frames, flow_method=args.flow, generator=generator, progress=False)
-            if flow_guided
+            pipe.prepare_trajectories(clip.frames, generator=generator, progress=False, flows=flows[0])
+            if args.attention in FLOW_GUIDED_MODES
             else {}
         )
     with timed(timings, "encode", device):
@@ -430,11 +430,6 @@ def run_item(pipe, video: PreparedVideo, item: Item, args, settings: dict, out: 
     return record
 
 
-def _message(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else error.__class__.__name__
-
-
 def run_items(items: list[Item], args, settings: dict, out: pathlib.Path, device: str, rank: int = 0) -> list[dict]:
     """Run the pending items of this process, video by video; returns the failures.
 
@@ -449,7 +444,7 @@ def run_items(items: list[Item], args, settings: dict, out: pathlib.Path, device
         return failures
 
     def fail(item: Item, error: BaseException) -> None:
-        message = f"{item.name}: {_message(error)}"
+        message = f"{item.name}: {error_line(error)}"
         failures.append(dict(item=item.name, subset=item.subset, video=item.video, edit=item.edit, error=message))
         tqdm.write(f"flatten-video bench: failed: {message}", file=sys.stderr)
         if args.fail_fast:

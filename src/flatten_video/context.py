@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 #: attention, ``flatten`` per-frame attention followed by flow-guided attention, and
 #: ``dsta+flatten`` the full method.
 ATTENTION_MODES = ("spatial", "dsta", "flatten", "dsta+flatten")
+#: The modes that run flow-guided attention, and so need optical flow and trajectories.
+FLOW_GUIDED_MODES = ("flatten", "dsta+flatten")
 
 #: How flow-guided attention gets its query and key (paper, Sec. 4.4): ``II`` uses the dense
 #: attention's output H as query, key and value; ``I`` re-projects H through to_q/to_k/to_v;
@@ -57,7 +59,7 @@ class FlattenContext:
 
     @property
     def flow_guided(self) -> bool:
-        return self.attention_mode in ("flatten", "dsta+flatten")
+        return self.attention_mode in FLOW_GUIDED_MODES
 
     def trajectories_for(self, num_tokens: int) -> "Trajectories | None":
         """The trajectories of the grid with ``num_tokens`` cells per frame, if FLATTEN runs there.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .context import ATTENTION_MODES, FLATTEN_VARIANTS
+from .context import ATTENTION_MODES, FLATTEN_VARIANTS, FLOW_GUIDED_MODES
 from .features import FEATURE_MODES
 from .flow import FLOW_METHODS, ensure_raft_weights
 from .pipeline import FlattenInversion
@@ -108,7 +108,7 @@ class EditSettings:
     @property
     def uses_flow(self) -> bool:
         """Whether the attention mode needs optical flow (and so RAFT weights for ``"raft"``)."""
-        return self.attention in ("flatten", "dsta+flatten")
+        return self.attention in FLOW_GUIDED_MODES
 
 
 def _option(name: str) -> str:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .attention import install_flatten
-from .context import FlattenContext
+from .context import FLOW_GUIDED_MODES, FlattenContext
 from .features import FEATURE_MODES, FeatureStore, available_memory, check_injection_points
 from .flow import estimate_flow
 from .files import atomic_write
@@ -324,9 +324,14 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         flatten_levels: tuple[int, ...] = (0,),
         generator: torch.Generator | None = None,
         progress: bool = True,
+        flows: torch.Tensor | None = None,
     ) -> dict[tuple[int, int], Trajectories]:
-        """Optical flow of the source frames (F, 3, H, W) in [0, 1] and the trajectories of each grid."""
-        flows = estimate_flow(frames, flow_method, device=self._execution_device, progress=progress)
+        """Optical flow of the source frames (F, 3, H, W) in [0, 1] and the trajectories of each grid.
+
+        ``flows``: the frames' forward flows (F-1, 2, H, W) when already estimated.
+        """
+        if flows is None:
+            flows = estimate_flow(frames, flow_method, device=self._execution_device, progress=progress)
         seed = generator.initial_seed() if generator is not None else torch.initial_seed()
         cpu_generator = torch.Generator().manual_seed(seed)
         return sample_trajectory_pyramid(flows, self.latent_grids(*frames.shape[-2:], flatten_levels), cpu_generator)
@@ -609,12 +614,11 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         FlattenContext(attention_mode=attention_mode, variant=flatten_variant)  # validates both names
 
         if trajectories is None:
-            flow_guided = attention_mode in ("flatten", "dsta+flatten")
             trajectories = (
                 self.prepare_trajectories(
                     frames, flow_method=flow_method, flatten_levels=flatten_levels, generator=generator
                 )
-                if flow_guided
+                if attention_mode in FLOW_GUIDED_MODES
                 else {}
             )
         if latents is None:

@@ -175,8 +175,7 @@ def sample_trajectories(
     Returns:
         :class:`Trajectories` over F = len(flows) + 1 frames.
     """
-    _check_flows(flows, size)
-    return _sample(grid_flow(flows.detach(), size).cpu(), generator)
+    return sample_trajectory_pyramid(flows, [size], generator)[tuple(size)]
 
 
 def sample_trajectory_pyramid(
@@ -201,8 +200,9 @@ def sample_trajectory_pyramid(
     flows = flows.detach()
     height, width = flows.shape[-2:]
     fine_h, fine_w = max(sizes, key=lambda size: size[0] * size[1])
-    # Copied out of the flow once, so the coarser grids read this small tensor and not the flow.
-    fine = _nearest(flows, (fine_h, fine_w)).contiguous()
+    fine = _nearest(flows, (fine_h, fine_w))
+    if len(sizes) > 1:  # copied out of the flow once, so the coarser grids read this small tensor
+        fine = fine.contiguous()
     fine_is_exact = height % fine_h == 0 and width % fine_w == 0
     result = {}
     for h, w in sizes:

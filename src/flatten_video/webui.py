@@ -15,7 +15,15 @@ import pathlib
 import re
 import threading
 
-from .cli import DEFAULT_MODEL, DTYPES, add_lora_arguments, default_device, load_pipeline, resolve_dtype
+from .cli import (
+    DEFAULT_MODEL,
+    DTYPES,
+    add_lora_arguments,
+    default_device,
+    error_line,
+    load_pipeline,
+    resolve_dtype,
+)
 from .context import ATTENTION_MODES, FLATTEN_VARIANTS
 from .editing import EditSettings, edit_video, prepare_edit
 from .features import FEATURE_MODES
@@ -123,7 +131,7 @@ def run_form(editor: Editor, video, *values) -> str:
     try:
         return str(editor(video, form_settings(*values)))
     except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        message = error_line(error)
         if isinstance(error, USER_ERRORS):
             logger.warning("edit refused: %s", message)
         else:  # a bug or a crash: keep the whole story for the log
