@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import REFERENCE_CASES, require_reference
 from flatten_video import FlattenAttnProcessor, FlattenContext, Trajectories, flow_guided_attention, install_flatten
-from flatten_video.attention import VideoGroupNorm
+from flatten_video.models.attention import VideoGroupNorm
 from flatten_video.trajectories import sample_trajectories
 
 
@@ -115,7 +115,7 @@ def test_variants_follow_their_definitions():
     # Combination II by hand: DSTA output H, flow-guided with q = k = v = H, then to_out.
     with torch.no_grad():
         q, k, v = attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden)
-        from flatten_video.attention import multihead_attention
+        from flatten_video.ops import multihead_attention
 
         h = multihead_attention(q, k, v, attn.heads, 3).reshape(2, -1, 16)
         expected_ii = attn.to_out[0](reference_flow_guided(h, trajectories.labels, attn.heads).reshape(6, 24, 16))

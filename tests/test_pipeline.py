@@ -12,8 +12,22 @@ from safetensors.torch import load_file
 
 from conftest import REFERENCE_CASES, moving_texture, require_reference
 from flatten_video import FlattenPipeline, Trajectories
-from flatten_video.features import RESNET_POINTS, available_memory, check_injection_points
-from flatten_video.pipeline import FlattenInversion, ModelLoadError
+from flatten_video.models import InjectionSpec, available_memory
+from flatten_video.pipelines import FlattenInversion, ModelLoadError
+
+#: The paper's injection points on SD 1.x/2.x (DESIGN.md 1.6), named as its code names them.
+RESNET_POINTS = ("up_blocks.1.resnets.0", "up_blocks.1.resnets.1", "up_blocks.2.resnets.0")
+ATTENTION_POINTS = tuple(
+    f"{block}.transformer_blocks.0.attn1"
+    for block in (
+        "up_blocks.1.attentions.1",
+        "up_blocks.1.attentions.2",
+        "up_blocks.2.attentions.0",
+        "up_blocks.2.attentions.1",
+        "up_blocks.2.attentions.2",
+        "up_blocks.3.attentions.0",
+    )
+)
 
 STEPS = dict(num_inference_steps=2, num_inversion_steps=4)
 
@@ -141,7 +155,7 @@ def test_auto_mode_within_budget_stores_the_features(tiny_pipe, source):
     # Exactly at the budget still stores: the estimate is one step's features times the steps.
     at_budget = tiny_pipe.invert(latents, trajectories, **options, feature_memory_budget=stored.held_bytes)
     assert at_budget.feature_mode == "stored"
-    assert tiny_pipe.flatten.features is None
+    assert tiny_pipe.flatten is None  # nothing of the call is kept
 
 
 def test_auto_mode_over_budget_recomputes_like_recompute_mode(tiny_pipe, source, caplog):
@@ -149,13 +163,13 @@ def test_auto_mode_over_budget_recomputes_like_recompute_mode(tiny_pipe, source,
     options = dict(STEPS, inject_steps=2)
     kept = tiny_pipe.invert(latents, trajectories, **options, feature_mode="recompute")
     stored = tiny_pipe.invert(latents, trajectories, **options, feature_mode="stored")
-    with caplog.at_level(logging.INFO, logger="flatten_video.pipeline"):
+    with caplog.at_level(logging.INFO, logger="flatten_video"):
         auto = tiny_pipe.invert(
             latents, trajectories, **options, feature_mode="auto", feature_memory_budget=stored.held_bytes - 1
         )
     assert "recomputing" in caplog.text and "GiB" in caplog.text
     assert auto.feature_mode == "recompute" and auto.features is None
-    assert tiny_pipe.flatten.features is None
+    assert tiny_pipe.flatten is None  # nothing of the call is kept
     assert sorted(auto.source_latents) == sorted(kept.source_latents) == sorted(auto.injected_timesteps)
     for t, latent in kept.source_latents.items():
         assert torch.equal(auto.source_latents[t], latent)
@@ -213,9 +227,9 @@ def test_loading_a_damaged_inversion_is_a_clear_error(tiny_pipe, source, tmp_pat
 def test_auto_mode_default_budget_is_half_the_available_memory(tiny_pipe, source, monkeypatch):
     _, trajectories, latents = source
     options = dict(STEPS, inject_steps=2)
-    monkeypatch.setattr("flatten_video.pipeline.available_memory", lambda: 2)  # a budget of 1 byte
+    monkeypatch.setattr("flatten_video.pipelines.mixin.available_memory", lambda: 2)  # a budget of 1 byte
     assert tiny_pipe.invert(latents, trajectories, **options).feature_mode == "recompute"
-    monkeypatch.setattr("flatten_video.pipeline.available_memory", lambda: None)  # unknown: no limit
+    monkeypatch.setattr("flatten_video.pipelines.mixin.available_memory", lambda: None)  # unknown: no limit
     assert tiny_pipe.invert(latents, trajectories, **options).feature_mode == "stored"
 
 
@@ -310,8 +324,8 @@ def test_callback_on_step_end_sees_and_replaces_latents(tiny_pipe, source):
     assert torch.count_nonzero(out) == 0
 
 
-def test_loras_change_the_edit_and_keep_flatten_installed(tiny_sd_path, tiny_lora_path):
-    from flatten_video.attention import FlattenAttnProcessor
+def test_loras_change_the_edit_and_flatten_runs_on_them(tiny_sd_path, tiny_lora_path):
+    from flatten_video.models.attention import FlattenAttnProcessor
 
     frames = moving_texture(frames=3, height=64, width=96)
     options = dict(**STEPS, inject_steps=1, flow_method="dis", output_type="latent")
@@ -322,8 +336,10 @@ def test_loras_change_the_edit_and_keep_flatten_installed(tiny_sd_path, tiny_lor
     pipe.load_loras([tiny_lora_path], scale=0.5)
     assert pipe.loras == [(str(tiny_lora_path), 0.5)]
     attn1 = pipe.unet.up_blocks[1].attentions[1].transformer_blocks[0].attn1
-    assert isinstance(attn1.processor, FlattenAttnProcessor)  # PEFT wraps to_q, not the processor
-    styled = pipe(frames, "a cat", generator=torch.Generator().manual_seed(1), **options).frames
+    seen = []
+    record = lambda pipe, step, t, kwargs: seen.append(type(attn1.processor))  # noqa: E731
+    styled = pipe(frames, "a cat", generator=torch.Generator().manual_seed(1), callback_on_step_end=record, **options).frames
+    assert seen and all(kind is FlattenAttnProcessor for kind in seen)  # PEFT wraps to_q, not the processor
     assert (styled - plain).abs().max() > 1e-3
     pipe.set_adapters(["lora0"], [0.0])  # weight 0: the plain model again
     assert torch.allclose(pipe(frames, "a cat", generator=torch.Generator().manual_seed(1), **options).frames, plain, atol=1e-5)
@@ -388,7 +404,7 @@ def test_unet_without_injection_points_is_refused():
         sample_size=8,
     )
     with pytest.raises(ValueError, match="inject_steps=0"):
-        check_injection_points(unet)
+        InjectionSpec.from_unet(unet)
 
 
 def test_unknown_models_get_a_clear_error(tmp_path):
@@ -399,7 +415,7 @@ def test_unknown_models_get_a_clear_error(tmp_path):
 
 
 def test_long_prompts_are_truncated_with_a_warning(tiny_pipe, caplog):
-    with caplog.at_level(logging.WARNING, logger="flatten_video.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="flatten_video"):
         embeds = tiny_pipe.encode_prompt("a cat " * 100)
     assert embeds.shape[1] == tiny_pipe.tokenizer.model_max_length
     assert "dropped" in caplog.text

@@ -1,13 +1,16 @@
-"""The state the U-Net's processors and hooks read during one edit, owned by the pipeline."""
+"""What FLATTEN is asked to do (:class:`FlattenConfig`) and the per-call state its processors read
+(:class:`FlattenContext`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from ..validation import check_at_least, check_choice
+
 if TYPE_CHECKING:
+    from ..trajectories import Trajectories
     from .features import FeatureStore
-    from .trajectories import Trajectories
 
 #: Self-attention of the inflated U-Net, for the paper's ablations (Table 2):
 #: ``spatial`` is the image model (per-frame attention), ``dsta`` dense spatio-temporal
@@ -23,10 +26,42 @@ FLOW_GUIDED_MODES = ("flatten", "dsta+flatten")
 FLATTEN_VARIANTS = ("II", "I", "source-qk")
 
 
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-    return value
+@dataclass(frozen=True)
+class FlattenConfig:
+    """How FLATTEN runs: fixed for an inversion and every edit made from it.
+
+    Attributes:
+        attention_mode: one of :data:`ATTENTION_MODES`.
+        variant: one of :data:`FLATTEN_VARIANTS`.
+        levels: U-Net levels with flow-guided attention: 0 is the latent grid (the paper's only
+            one), 1 half of it, ...
+    """
+
+    attention_mode: str = "dsta+flatten"
+    variant: str = "II"
+    levels: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        check_choice("attention mode", self.attention_mode, ATTENTION_MODES)
+        check_choice("FLATTEN variant", self.variant, FLATTEN_VARIANTS)
+        levels = tuple(self.levels)
+        if not levels:
+            raise ValueError("flatten_levels must name at least one U-Net level (0: the latent grid)")
+        for level in levels:
+            check_at_least("a flatten level", level, 0)
+        object.__setattr__(self, "levels", tuple(sorted(set(levels))))
+
+    @property
+    def flow_guided(self) -> bool:
+        """Whether flow-guided attention runs, and so optical flow and trajectories are needed."""
+        return self.attention_mode in FLOW_GUIDED_MODES
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FlattenConfig":
+        return cls(**{**values, "levels": tuple(values.get("levels", (0,)))})
 
 
 @dataclass
@@ -49,8 +84,11 @@ class FlattenContext:
     features: "FeatureStore | None" = None
 
     def __post_init__(self) -> None:
-        check_choice("attention mode", self.attention_mode, ATTENTION_MODES)
-        check_choice("FLATTEN variant", self.variant, FLATTEN_VARIANTS)
+        FlattenConfig(self.attention_mode, self.variant)  # one owner for both names' rules
+
+    @classmethod
+    def from_config(cls, config: FlattenConfig, num_frames: int, trajectories=None, features=None) -> "FlattenContext":
+        return cls(num_frames, config.attention_mode, config.variant, dict(trajectories or {}), features)
 
     @property
     def dense_temporal(self) -> bool:

@@ -1,4 +1,4 @@
-"""Plug-and-play feature injection (DESIGN.md 1.6).
+"""Plug-and-play feature injection (DESIGN.md 1.6): the store that records and hands back features.
 
 During inversion the source video's features are recorded at the timesteps that sampling will
 visit; during the first ``inject_steps`` of sampling they replace the freshly computed ones, in
@@ -13,7 +13,8 @@ Two ways to have the source features at sampling time:
   U-Net call and handed to the other rows.
 
 ``"auto"`` picks one of them during inversion: ``"stored"`` when the features fit a memory budget
-(by default half of the host's available memory), else ``"recompute"``.
+(by default half of the host's available memory), else ``"recompute"``. Which layers are recorded is
+:class:`~flatten_video.models.injection.InjectionSpec`'s rule.
 """
 
 from __future__ import annotations
@@ -24,22 +25,6 @@ from contextlib import contextmanager
 import torch
 
 FEATURE_MODES = ("stored", "recompute", "auto")
-
-#: Residual-branch outputs (after ``conv2``) whose features are injected.
-RESNET_POINTS = ("up_blocks.1.resnets.0", "up_blocks.1.resnets.1", "up_blocks.2.resnets.0")
-
-#: Self-attention layers whose query and key are injected.
-ATTENTION_POINTS = tuple(
-    f"{block}.transformer_blocks.0.attn1"
-    for block in (
-        "up_blocks.1.attentions.1",
-        "up_blocks.1.attentions.2",
-        "up_blocks.2.attentions.0",
-        "up_blocks.2.attentions.1",
-        "up_blocks.2.attentions.2",
-        "up_blocks.3.attentions.0",
-    )
-)
 
 
 def available_memory(meminfo: str | os.PathLike = "/proc/meminfo") -> int | None:
@@ -66,17 +51,6 @@ def available_memory(meminfo: str | os.PathLike = "/proc/meminfo") -> int | None
         if total > 0:
             return total
     return None
-
-
-def check_injection_points(unet: torch.nn.Module) -> None:
-    """Raise a clear error when the U-Net lacks a module that features are injected at."""
-    names = {name for name, _ in unet.named_modules()}
-    missing = [p for p in RESNET_POINTS + ATTENTION_POINTS if p not in names]
-    if missing:
-        raise ValueError(
-            "this U-Net lacks the layers that FLATTEN injects features at (a Stable Diffusion 1.x/2.x "
-            f"layout is expected): {', '.join(missing)}. Run with inject_steps=0 to edit without injection."
-        )
 
 
 class FeatureStore:
@@ -150,22 +124,3 @@ class FeatureStore:
     def nbytes(self) -> int:
         """Bytes held by the recorded features."""
         return sum(t.numel() * t.element_size() for step in self.features.values() for t in step.values())
-
-
-def attach_resnet_hooks(unet: torch.nn.Module, context) -> list:
-    """Route the residual branch of every injection ResNet through ``context.features``.
-
-    Returns the hook handles.
-    """
-    handles = []
-    modules = dict(unet.named_modules())
-    for name in RESNET_POINTS:
-        if name not in modules:
-            continue
-
-        def hook(module, inputs, output, name=name):
-            store = context.features
-            return output if store is None else store.process(name, output)
-
-        handles.append(modules[name].conv2.register_forward_hook(hook))
-    return handles

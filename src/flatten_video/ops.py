@@ -1,0 +1,70 @@
+"""Attention as pure tensor functions: the dense attention FLATTEN follows and the flow-guided
+attention it adds (DESIGN.md 1.4). No module state; the processors in
+:mod:`flatten_video.models.attention` call these."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .trajectories import Trajectories
+
+
+def flow_guided_attention(
+    hidden: torch.Tensor,
+    trajectories: Trajectories,
+    heads: int,
+    *,
+    query: torch.Tensor | None = None,
+    key: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Every token attends to the tokens of its own trajectory (itself included).
+
+    Args:
+        hidden: (B, F*h*w, C) values, frame-major tokens; B videos share ``trajectories``.
+        trajectories: the trajectories of the (F, h, w) grid.
+        heads: attention heads; C must be divisible by it. Scale is 1/sqrt(C/heads).
+        query, key: (B, F*h*w, C); default ``hidden`` (the paper's combination II).
+
+    Returns:
+        (B, F*h*w, C). Cost is linear in the number of tokens: tokens are gathered per
+        trajectory length, so no (F*h*w)^2 matrix is ever built.
+    """
+    batch, tokens, channels = hidden.shape
+    if tokens != trajectories.labels.numel():
+        raise ValueError(f"hidden has {tokens} tokens but the trajectories cover {trajectories.labels.numel()}")
+    query = hidden if query is None else query
+    key = hidden if key is None else key
+    head_dim = channels // heads
+    # A token alone on its trajectory attends only to itself: its output is its value.
+    out = hidden.clone()
+    for group in trajectories.groups:
+        count, length = group.shape
+        index = group.reshape(-1)
+
+        def gather(x: torch.Tensor) -> torch.Tensor:
+            return x[:, index].view(batch, count, length, heads, head_dim).transpose(2, 3)
+
+        attended = F.scaled_dot_product_attention(gather(query), gather(key), gather(hidden))
+        out[:, index] = attended.transpose(2, 3).reshape(batch, count * length, channels)
+    return out
+
+
+def multihead_attention(query, key, value, heads: int, frames: int = 1) -> torch.Tensor:
+    """Softmax attention over groups of ``frames`` consecutive batch rows.
+
+    Args:
+        query, key, value: (B*frames, n, C).
+        frames: 1 attends within each frame; F attends across all frames of each video (DSTA).
+
+    Returns:
+        (B*frames, n, C).
+    """
+    rows, tokens, channels = query.shape
+    head_dim = channels // heads
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(rows // frames, -1, heads, head_dim).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(split(query), split(key), split(value))
+    return out.transpose(1, 2).reshape(rows, tokens, channels)

@@ -1,0 +1,63 @@
+"""Rows of a U-Net batch and what conditions each (DESIGN.md 2, "one seam for the U-Net call").
+
+A batch holds B videos of F frames, ``(B, C, F, h, w)``; row b is one video (a source row, the
+unconditional or the conditional branch of guidance), and row b of every conditioning tensor
+belongs to it. The U-Net sees frames folded into its batch, ``(B*F, ...)`` video-major, with each
+row's conditioning repeated for its frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Conditioning:
+    """The per-row inputs of a U-Net call besides the latents.
+
+    Attributes:
+        encoder_hidden_states: (B, L, D) text embeddings.
+        added_cond_kwargs: extra conditions diffusers' U-Net takes by name (SDXL: ``text_embeds``
+            (B, D'), ``time_ids`` (B, 6)); each tensor has one row per video.
+    """
+
+    encoder_hidden_states: torch.Tensor
+    added_cond_kwargs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return self.encoder_hidden_states.shape[0]
+
+    @classmethod
+    def cat(cls, parts: list["Conditioning"]) -> "Conditioning":
+        """The rows of ``parts``, in order."""
+        return cls(
+            torch.cat([p.encoder_hidden_states for p in parts]),
+            {key: torch.cat([p.added_cond_kwargs[key] for p in parts]) for key in parts[0].added_cond_kwargs},
+        )
+
+    def unet_kwargs(self, frames: int) -> dict:
+        """Keyword arguments of ``unet(sample, t, ...)`` for a batch with ``frames`` per row."""
+        kwargs = {"encoder_hidden_states": self.encoder_hidden_states.repeat_interleave(frames, 0)}
+        if self.added_cond_kwargs:
+            kwargs["added_cond_kwargs"] = {k: v.repeat_interleave(frames, 0) for k, v in self.added_cond_kwargs.items()}
+        return kwargs
+
+
+def fold_frames(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, h, w) -> (B*F, C, h, w), video-major."""
+    videos, channels, frames, h, w = latents.shape
+    return latents.permute(0, 2, 1, 3, 4).reshape(videos * frames, channels, h, w)
+
+
+def unfold_frames(sample: torch.Tensor, videos: int) -> torch.Tensor:
+    """(B*F, C, h, w) video-major -> (B, C, F, h, w)."""
+    rows, channels, h, w = sample.shape
+    return sample.reshape(videos, rows // videos, channels, h, w).permute(0, 2, 1, 3, 4)
+
+
+def stack_rows(rows: list[tuple[torch.Tensor, Conditioning]]) -> tuple[torch.Tensor, Conditioning]:
+    """One batch from (latents (b, C, F, h, w), conditioning of b rows) parts, in order."""
+    return torch.cat([latents for latents, _ in rows]), Conditioning.cat([condition for _, condition in rows])

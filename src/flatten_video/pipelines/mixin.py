@@ -1,0 +1,530 @@
+"""What every FLATTEN pipeline shares (DESIGN.md 1-2): trajectories, VAE encoding and decoding,
+DDIM inversion with feature capture, injected sampling, and FLATTEN installed on the U-Net for the
+duration of a call.
+
+Like diffusers' ``PAGMixin``, :class:`FlattenMixin` is a capability a pipeline class adds; the
+pipeline keeps its components and says how one U-Net row is conditioned
+(:meth:`FlattenMixin.encode_conditioning`). Every U-Net call goes through
+:meth:`FlattenMixin.predict_noise`; guidance branches and the recompute-mode source row are rows
+of its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from tqdm.auto import tqdm
+
+from ..flow import FLOW_METHODS, estimate_flow
+from ..models.context import FlattenConfig, FlattenContext
+from ..models.features import FEATURE_MODES, FeatureStore, available_memory
+from ..models.injection import InjectionSpec
+from ..models.install import flatten_installed
+from ..trajectories import Trajectories, sample_trajectory_pyramid
+from ..validation import check_at_least, check_choice, check_inject_steps, check_multiple_of_8, check_num_frames
+from .conditioning import Conditioning, fold_frames, stack_rows, unfold_frames
+from .inversion import FlattenInversion
+from .output import OUTPUT_TYPES, frames_to_tensor
+
+logger = logging.getLogger(__name__)
+
+#: The paper's schedule (DESIGN.md 1.5-1.7), used where neither the caller nor an inversion sets it.
+DEFAULT_STEPS = dict(num_inference_steps=50, num_inversion_steps=100, inject_steps=40)
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"
+
+
+class FlattenMixin:
+    """FLATTEN for a diffusers pipeline with ``unet``, ``vae``, ``scheduler`` (DDIM) and
+    ``inverse_scheduler`` (DDIM inverse) components.
+
+    The host class sets ``vae_scale_factor`` and implements :meth:`encode_conditioning`. Public
+    steps can be run one by one: :meth:`prepare_trajectories`, :meth:`encode_video`,
+    :meth:`invert`, :meth:`sample`, :meth:`decode_latents`; :meth:`invert_video` runs everything
+    before sampling.
+
+    Attributes:
+        flatten: the :class:`FlattenContext` of the call in progress; None between calls, when
+            the U-Net holds its stock processors and norms again.
+    """
+
+    flatten: FlattenContext | None = None
+
+    def encode_conditioning(self, prompt: str) -> Conditioning:
+        """The conditioning of one U-Net row (a video) for ``prompt``."""
+        raise NotImplementedError
+
+    # -- scope and checks ---------------------------------------------------------------------
+
+    @contextmanager
+    def flatten_enabled(
+        self,
+        config: FlattenConfig,
+        num_frames: int,
+        trajectories: dict[tuple[int, int], Trajectories],
+        features: FeatureStore | None = None,
+    ):
+        """FLATTEN on the U-Net inside the block, the stock U-Net after it (also on error).
+
+        Yields the :class:`FlattenContext` the processors read, also kept in :attr:`flatten`.
+        """
+        device = self._execution_device
+        trajectories = {grid: t.to(device) for grid, t in trajectories.items()}
+        context = FlattenContext.from_config(config, num_frames, trajectories, features)
+        with flatten_installed(self.unet, context, self._injection_spec_or_none()):
+            self.flatten = context
+            try:
+                yield context
+            finally:
+                self.flatten = None
+
+    @property
+    def injection_spec(self) -> InjectionSpec:
+        """Where features are injected in this U-Net; raises a clear ``ValueError`` if nowhere."""
+        return InjectionSpec.from_unet(self.unet)
+
+    def _injection_spec_or_none(self) -> InjectionSpec | None:
+        try:
+            return self.injection_spec
+        except ValueError:
+            return InjectionSpec((), ())
+
+    def check_inputs(
+        self,
+        frames: torch.Tensor | None = None,
+        *,
+        num_inference_steps: int | None = None,
+        num_inversion_steps: int | None = None,
+        inject_steps: int | None = None,
+        feature_mode: str | None = None,
+        feature_memory_budget: int | None = None,
+        flow_method: str | None = None,
+        output_type: str | None = None,
+    ) -> None:
+        """Raise ``ValueError`` on inputs that cannot work, before anything runs; checks what is given."""
+        if feature_mode is not None:
+            check_choice("feature mode", feature_mode, FEATURE_MODES)
+        if feature_memory_budget is not None and (not isinstance(feature_memory_budget, int) or feature_memory_budget < 0):
+            raise ValueError(f"feature_memory_budget must be a number of bytes >= 0, got {feature_memory_budget!r}")
+        if flow_method is not None:
+            check_choice("flow method", flow_method, FLOW_METHODS)
+        if output_type is not None:
+            check_choice("output_type", output_type, OUTPUT_TYPES)
+        if frames is not None:
+            check_num_frames("the video", len(frames))
+            check_multiple_of_8("the frame height", int(frames.shape[-2]))
+            check_multiple_of_8("the frame width", int(frames.shape[-1]))
+        for name, value in (("num_inference_steps", num_inference_steps), ("num_inversion_steps", num_inversion_steps)):
+            if value is not None:
+                check_at_least(name, value, 1)
+        if inject_steps is not None:
+            check_inject_steps(inject_steps, num_inference_steps)
+            if inject_steps:
+                self.injection_spec  # noqa: B018 (raises when the U-Net has no injection points)
+                if num_inversion_steps is not None:
+                    self._check_schedule(num_inference_steps, num_inversion_steps, inject_steps)
+
+    def _check_schedule(self, num_inference_steps: int, num_inversion_steps: int, inject_steps: int) -> None:
+        visited = set(self._inversion_timesteps(num_inversion_steps)[:-1])
+        unseen = sorted(set(self.injected_timesteps(num_inference_steps, inject_steps)) - visited)
+        if unseen:
+            raise ValueError(
+                f"sampling with {num_inference_steps} steps injects features at timesteps that inversion with "
+                f"{num_inversion_steps} steps never visits ({unseen[:5]}...); use a number of inversion steps "
+                f"that is a multiple of the number of sampling steps (e.g. {2 * num_inference_steps})"
+            )
+
+    # -- video in, video out ------------------------------------------------------------------
+
+    def latent_grids(self, height: int, width: int, levels: tuple[int, ...] = (0,)) -> list[tuple[int, int]]:
+        """Latent grids (h, w) of the U-Net ``levels`` for frames of ``height`` x ``width`` pixels.
+
+        Level 0 is the VAE's latent grid; each level halves it (rounding up, as the U-Net's
+        stride-2 convolutions do).
+        """
+        h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
+        grids = []
+        for level in range(max(levels) + 1):
+            if level in levels:
+                grids.append((h, w))
+            h, w = -(-h // 2), -(-w // 2)
+        return grids
+
+    def prepare_trajectories(
+        self,
+        frames: torch.Tensor,
+        *,
+        flow_method: str = "raft",
+        flatten_levels: tuple[int, ...] = (0,),
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+        flows: torch.Tensor | None = None,
+    ) -> dict[tuple[int, int], Trajectories]:
+        """Optical flow of the source frames (F, 3, H, W) in [0, 1] and the trajectories of each grid.
+
+        ``flows``: the frames' forward flows (F-1, 2, H, W) when already estimated.
+        """
+        if flows is None:
+            flows = estimate_flow(frames, flow_method, device=self._execution_device, progress=progress)
+        seed = generator.initial_seed() if generator is not None else torch.initial_seed()
+        cpu_generator = torch.Generator().manual_seed(seed)
+        return sample_trajectory_pyramid(flows, self.latent_grids(*frames.shape[-2:], flatten_levels), cpu_generator)
+
+    @torch.no_grad()
+    def encode_video(
+        self, frames: torch.Tensor, generator: torch.Generator | None = None, chunk_size: int = 8
+    ) -> torch.Tensor:
+        """VAE latents times the scaling factor: (F, 3, H, W) in [0, 1] -> (1, C, F, h, w).
+
+        Frames are encoded in chunks; the posterior is sampled once for the whole video.
+        """
+        device, dtype = self._execution_device, self.vae.dtype
+        moments = [
+            self.vae.encode(chunk.to(device, dtype) * 2 - 1).latent_dist.parameters
+            for chunk in frames.split(chunk_size)
+        ]
+        latents = DiagonalGaussianDistribution(torch.cat(moments)).sample(generator)
+        latents = latents * self.vae.config.scaling_factor
+        return latents.permute(1, 0, 2, 3).unsqueeze(0)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
+        """(1, C, F, h, w) latents -> (F, 3, H, W) float32 frames in [0, 1], on the CPU."""
+        latents = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
+        frames = [
+            self.vae.decode(chunk.to(self._execution_device, self.vae.dtype)).sample.float().cpu()
+            for chunk in latents.split(chunk_size)
+        ]
+        return (torch.cat(frames) / 2 + 0.5).clamp(0, 1)
+
+    # -- the U-Net seam -------------------------------------------------------------------------
+
+    def predict_noise(self, latents: torch.Tensor, timestep: int, conditioning: Conditioning) -> torch.Tensor:
+        """Noise prediction for a batch of videos: (B, C, F, h, w) -> (B, C, F, h, w).
+
+        Row b of ``latents`` is conditioned by row b of ``conditioning``; frames are folded into
+        the U-Net's batch, which FLATTEN's processors and norms unfold per video.
+        """
+        videos, _, frames = latents.shape[:3]
+        noise = self.unet(
+            fold_frames(latents).to(self.unet.dtype), timestep, **conditioning.unet_kwargs(frames)
+        ).sample
+        return unfold_frames(noise, videos).to(latents.dtype)
+
+    # -- inversion ------------------------------------------------------------------------------
+
+    def _inversion_timesteps(self, num_inversion_steps: int) -> list[int]:
+        self.inverse_scheduler.set_timesteps(num_inversion_steps)
+        return [int(t) for t in self.inverse_scheduler.timesteps]
+
+    def injected_timesteps(self, num_inference_steps: int, inject_steps: int) -> list[int]:
+        """The first ``inject_steps`` timesteps of the sampling schedule."""
+        self.scheduler.set_timesteps(num_inference_steps)
+        return [int(t) for t in self.scheduler.timesteps[:inject_steps]]
+
+    @torch.no_grad()
+    def invert(
+        self,
+        latents: torch.Tensor,
+        trajectories: dict[tuple[int, int], Trajectories],
+        *,
+        config: FlattenConfig | None = None,
+        num_inversion_steps: int = 100,
+        num_inference_steps: int = 50,
+        inject_steps: int = 40,
+        feature_mode: str = "auto",
+        feature_dtype: torch.dtype = torch.float16,
+        feature_memory_budget: int | None = None,
+    ) -> FlattenInversion:
+        """DDIM inversion of source latents with the empty prompt and FLATTEN active (DESIGN.md 1.5).
+
+        The U-Net sees the latent at noise level t with timestep t for t = 1, 1 + k, ...,
+        1 + (n-2)k (k = 1000 // n for ``num_inversion_steps`` n), and each deterministic step
+        moves it to level t + k, as the paper's code does. At the timesteps that the first
+        ``inject_steps`` sampling steps will visit, the latent fed to the U-Net is kept, and the
+        source features are recorded (``feature_mode="stored"``, kept in ``feature_dtype`` on the
+        CPU) or left to be recomputed from that latent during sampling (``"recompute"``).
+
+        ``"auto"`` (the default) stores the features of the first injected timestep, then
+        estimates the whole store as that size times ``inject_steps``: within
+        ``feature_memory_budget`` it goes on storing, else it drops the store and recomputes, as
+        recompute mode does. The returned inversion's ``feature_mode`` is the mode chosen.
+
+        Args:
+            latents: (1, C, F, h, w) source latents (:meth:`encode_video`).
+            trajectories: (h, w) -> :class:`Trajectories` for the grids where FLATTEN runs.
+            config: how FLATTEN runs (default: the paper's, :class:`FlattenConfig`); recorded in
+                the inversion, and every edit of it uses the same.
+            feature_memory_budget: bytes the stored features may take in ``"auto"`` mode;
+                None: half of the host's available memory (no limit where that is unknown).
+        """
+        self.check_inputs(
+            num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps, inject_steps=inject_steps,
+            feature_mode=feature_mode, feature_memory_budget=feature_memory_budget,
+        )
+        return self._invert(
+            latents, trajectories, config or FlattenConfig(), num_inversion_steps, num_inference_steps, inject_steps,
+            feature_mode, feature_dtype, feature_memory_budget,
+        )
+
+    def _invert(
+        self, latents, trajectories, config, num_inversion_steps, num_inference_steps, inject_steps, feature_mode,
+        feature_dtype, feature_memory_budget,
+    ) -> FlattenInversion:
+        # Read before inversion allocates anything, so the figure is what the store may take.
+        budget = self._feature_budget(feature_memory_budget) if feature_mode == "auto" else None
+        timesteps = self._inversion_timesteps(num_inversion_steps)
+        step = self.inverse_scheduler.config.num_train_timesteps // num_inversion_steps
+        injected = self.injected_timesteps(num_inference_steps, inject_steps)
+        if feature_mode == "auto" and not injected:
+            feature_mode = "stored"  # nothing to hold: an empty store, as stored mode gives
+        # Auto mode stores until it can tell the size of the store (at the first injected step).
+        store = FeatureStore(storage_dtype=feature_dtype) if feature_mode != "recompute" else None
+        inversion = FlattenInversion(
+            latents=latents,
+            trajectories=trajectories,
+            config=config,
+            num_inference_steps=num_inference_steps,
+            num_inversion_steps=num_inversion_steps,
+            injected_timesteps=injected,
+            feature_mode=feature_mode,
+            features=store,
+        )
+        empty = self.encode_conditioning("")
+        latents = latents.to(self._execution_device)
+        with self.flatten_enabled(config, latents.shape[2], trajectories, store) as context:
+            with self._progress(len(timesteps) - 1, "DDIM inversion") as bar:
+                for t in timesteps[:-1]:
+                    noise = self._inversion_noise(inversion, context, latents, t, empty, budget)
+                    latents = self.inverse_scheduler.step(noise, t + step, latents).prev_sample
+                    bar.update()
+        inversion.latents = latents
+        return inversion
+
+    def _inversion_noise(
+        self, inversion: FlattenInversion, context: FlattenContext, latents: torch.Tensor, t: int,
+        conditioning: Conditioning, budget: int | None,
+    ) -> torch.Tensor:
+        """One inversion U-Net call keeping what sampling needs at t: nothing, or the U-Net
+        input and (stored mode) the features."""
+        if t not in inversion.injected_timesteps:
+            return self.predict_noise(latents, t, conditioning)
+        inversion.source_latents[t] = latents.clone()
+        if inversion.features is None:
+            return self.predict_noise(latents, t, conditioning)
+        with inversion.features.capturing(t):
+            noise = self.predict_noise(latents, t, conditioning)
+        if inversion.feature_mode == "auto":
+            self._resolve_auto_mode(inversion, context, budget)
+        return noise
+
+    @staticmethod
+    def _feature_budget(feature_memory_budget: int | None) -> int | None:
+        """Bytes the stored features of ``feature_mode="auto"`` may take; None for no limit.
+
+        Half of the host's available memory by default: the rest is left to the models, the frames
+        and whatever else runs on the host.
+        """
+        if feature_memory_budget is not None:
+            return feature_memory_budget
+        available = available_memory()
+        return None if available is None else available // 2
+
+    @staticmethod
+    def _resolve_auto_mode(inversion: FlattenInversion, context: FlattenContext, budget: int | None) -> None:
+        """Settle ``feature_mode="auto"`` once the features of the first injected timestep are
+        stored: every injected step records the same layers at the same shapes, so the store
+        would end at this step's size times the number of injected steps.
+
+        Within ``budget`` (None: no limit) the inversion goes on storing; beyond it, the store is
+        dropped and the features are recomputed from the source latents during sampling.
+        """
+        estimate = inversion.features.nbytes * len(inversion.injected_timesteps)
+        if budget is None or estimate <= budget:
+            inversion.feature_mode = "stored"
+            return
+        logger.info(
+            "feature_mode='auto': the source features would take %s, over the budget of %s; "
+            "recomputing them during sampling instead",
+            _gib(estimate),
+            _gib(budget),
+        )
+        inversion.feature_mode = "recompute"
+        inversion.features = context.features = None
+
+    @torch.no_grad()
+    def invert_video(
+        self,
+        video,
+        *,
+        num_inference_steps: int = 50,
+        num_inversion_steps: int = 100,
+        inject_steps: int = 40,
+        generator: torch.Generator | None = None,
+        flow_method: str = "raft",
+        attention_mode: str = "dsta+flatten",
+        flatten_variant: str = "II",
+        flatten_levels: tuple[int, ...] = (0,),
+        feature_mode: str = "auto",
+        feature_dtype: torch.dtype = torch.float16,
+        feature_memory_budget: int | None = None,
+        trajectories: dict[tuple[int, int], Trajectories] | None = None,
+        latents: torch.Tensor | None = None,
+        flows: torch.Tensor | None = None,
+    ) -> FlattenInversion:
+        """Everything before sampling: flow, trajectories, VAE encoding and inversion.
+
+        Arguments as in the pipeline's ``__call__``; ``flows`` (F-1, 2, H, W) are the source's
+        forward flows when already estimated. The result can be edited with many prompts
+        (``pipe(inversion=..., prompt=...)`` or :meth:`sample`) and saved with
+        :meth:`FlattenInversion.save`.
+        """
+        frames = frames_to_tensor(video)
+        config = FlattenConfig(attention_mode, flatten_variant, tuple(flatten_levels))
+        self.check_inputs(
+            frames, num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps,
+            inject_steps=inject_steps, feature_mode=feature_mode, feature_memory_budget=feature_memory_budget,
+            flow_method=flow_method,
+        )
+        return self._invert_video(
+            frames, config, num_inference_steps, num_inversion_steps, inject_steps, generator, flow_method,
+            feature_mode, feature_dtype, feature_memory_budget, trajectories, latents, flows,
+        )
+
+    def _invert_video(
+        self, frames, config, num_inference_steps, num_inversion_steps, inject_steps, generator, flow_method,
+        feature_mode, feature_dtype, feature_memory_budget, trajectories, latents, flows,
+    ) -> FlattenInversion:
+        if trajectories is None:
+            trajectories = {}
+            if config.flow_guided:
+                trajectories = self.prepare_trajectories(
+                    frames, flow_method=flow_method, flatten_levels=config.levels, generator=generator, flows=flows
+                )
+        if latents is None:
+            latents = self.encode_video(frames, generator)
+        return self._invert(
+            latents, trajectories, config, num_inversion_steps, num_inference_steps, inject_steps, feature_mode,
+            feature_dtype, feature_memory_budget,
+        )
+
+    # -- sampling ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        inversion: FlattenInversion,
+        prompt: str,
+        negative_prompt: str = "",
+        *,
+        guidance_scale: float = 10.0,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        callback_on_step_end: Callable | None = None,
+    ) -> torch.Tensor:
+        """DDIM sampling from an inversion with the target prompt (DESIGN.md 1.7), FLATTEN set up as
+        the inversion records.
+
+        The negative prompt is the unconditional branch of classifier-free guidance (used when
+        ``guidance_scale > 1``). During the first ``inversion.inject_steps`` steps the source
+        features replace the fresh ones in every row of the batch.
+
+        ``callback_on_step_end(pipe, step, timestep, {"latents": ...})`` is called after every
+        step, diffusers-style; a returned dict may replace ``"latents"``.
+
+        Returns:
+            (1, C, F, h, w) final latents.
+        """
+        latents = inversion.latents.to(self._execution_device)
+        guided = guidance_scale > 1.0
+        rows = self.encode_conditioning(prompt)
+        if guided:
+            rows = Conditioning.cat([self.encode_conditioning(negative_prompt), rows])
+        recompute = inversion.feature_mode == "recompute" and bool(inversion.injected_timesteps)
+        source_row = self.encode_conditioning("") if recompute else None
+        store = FeatureStore() if recompute else inversion.features
+
+        self.scheduler.set_timesteps(inversion.num_inference_steps)
+        with self.flatten_enabled(inversion.config, inversion.num_frames, inversion.trajectories, store) as context:
+            with self._progress(len(self.scheduler.timesteps), "Sampling") as bar:
+                for i, t in enumerate(self.scheduler.timesteps):
+                    t = int(t)
+                    noise = self._sampling_noise(inversion, context, i, t, latents, rows, source_row)
+                    if guided:
+                        uncond, cond = noise.chunk(2)
+                        noise = uncond + guidance_scale * (cond - uncond)
+                    latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator).prev_sample
+                    if callback_on_step_end is not None:
+                        update = callback_on_step_end(self, i, t, {"latents": latents})
+                        if update and "latents" in update:
+                            latents = update["latents"]
+                    bar.update()
+        return latents
+
+    def _sampling_noise(
+        self, inversion: FlattenInversion, context: FlattenContext, step: int, t: int, latents: torch.Tensor,
+        rows: Conditioning, source_row: Conditioning | None,
+    ) -> torch.Tensor:
+        """Noise of every guidance row at sampling step ``step``, (rows, C, F, h, w).
+
+        Three layouts of one U-Net call: plain rows after the injected steps; rows fed the stored
+        features; or (recompute mode) the source latent as a leading row whose fresh features
+        every other row takes, dropped from the result.
+        """
+        batch = latents.expand(rows.num_rows, *latents.shape[1:])
+        if step >= inversion.inject_steps:
+            return self.predict_noise(batch, t, rows)
+        if source_row is None:
+            with context.features.injecting(t):
+                return self.predict_noise(batch, t, rows)
+        source = inversion.source_latents[t].to(latents.device)
+        batch, conditioning = stack_rows([(source, source_row), (batch, rows)])
+        with context.features.sharing(inversion.num_frames):
+            return self.predict_noise(batch, t, conditioning)[1:]
+
+    def _progress(self, total: int, desc: str):
+        config = dict(getattr(self, "_progress_bar_config", {}))
+        config.setdefault("desc", desc)
+        return tqdm(total=total, **config)
+
+    # -- composition ------------------------------------------------------------------------------
+
+    def resolve_edit(
+        self,
+        inversion: FlattenInversion | None,
+        *,
+        attention_mode: str | None,
+        flatten_variant: str | None,
+        flatten_levels: tuple[int, ...] | None,
+        num_inference_steps: int | None,
+        num_inversion_steps: int | None,
+        inject_steps: int | None,
+    ) -> tuple[FlattenConfig, dict]:
+        """The config and steps of an edit: what the caller gave, else the inversion's, else the
+        paper's. Asking an inversion for other ones is a ``ValueError``.
+
+        Returns:
+            (config, {"num_inference_steps", "num_inversion_steps", "inject_steps"}).
+        """
+        base = inversion.config if inversion is not None else FlattenConfig()
+        config = FlattenConfig(
+            attention_mode if attention_mode is not None else base.attention_mode,
+            flatten_variant if flatten_variant is not None else base.variant,
+            tuple(flatten_levels) if flatten_levels is not None else base.levels,
+        )
+        made = DEFAULT_STEPS if inversion is None else dict(
+            num_inference_steps=inversion.num_inference_steps,
+            num_inversion_steps=inversion.num_inversion_steps,
+            inject_steps=inversion.inject_steps,
+        )
+        asked = dict(num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps, inject_steps=inject_steps)
+        steps = {name: made[name] if value is None else value for name, value in asked.items()}
+        if inversion is not None:
+            inversion.check_compatible(config, **steps)
+        return config, steps

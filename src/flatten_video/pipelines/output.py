@@ -1,0 +1,57 @@
+"""What the FLATTEN pipelines return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import BaseOutput
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded."""
+
+
+@dataclass
+class FlattenPipelineOutput(BaseOutput):
+    """Output of the FLATTEN pipelines.
+
+    Attributes:
+        frames: the edited frames: a list of PIL images (``"pil"``), a (F, H, W, 3) float array
+            in [0, 1] (``"np"``), a (F, 3, H, W) tensor in [0, 1] (``"pt"``), or the final
+            latents (1, C, F, h, w) (``"latent"``).
+    """
+
+    frames: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+def frames_to_tensor(video) -> torch.Tensor:
+    """A list of PIL images, a (F, H, W, 3) uint8/float array or a (F, 3, H, W) tensor in [0, 1]
+    -> a (F, 3, H, W) float32 tensor in [0, 1]."""
+    if isinstance(video, torch.Tensor):
+        frames = video
+    elif isinstance(video, np.ndarray):
+        frames = torch.from_numpy(video).permute(0, 3, 1, 2)
+    elif isinstance(video, (list, tuple)) and video and isinstance(video[0], PIL.Image.Image):
+        frames = torch.from_numpy(np.stack([np.asarray(f.convert("RGB")) for f in video])).permute(0, 3, 1, 2)
+    else:
+        raise ValueError("video must be a (F, 3, H, W) tensor, a (F, H, W, 3) array or a list of PIL images")
+    if frames.dtype == torch.uint8:
+        frames = frames.float() / 255
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"video must have shape (F, 3, H, W), got {tuple(frames.shape)}")
+    return frames.float()
+
+
+def frames_to_output(frames: torch.Tensor, output_type: str):
+    """(F, 3, H, W) frames in [0, 1] -> the form ``output_type`` names (not ``"latent"``)."""
+    if output_type == "np":
+        return frames.permute(0, 2, 3, 1).numpy()
+    if output_type == "pil":
+        array = (frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        return [PIL.Image.fromarray(frame) for frame in array]
+    return frames
