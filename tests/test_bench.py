@@ -1,4 +1,4 @@
-"""Tests of ``flatten-video eval`` and ``bench`` (flatten_video.bench), offline, with tiny models.
+"""Tests of ``flatten-video eval`` and ``bench`` (flatten_video.eval), offline, with tiny models.
 
 A fake LOVEU-TGVE folder (64x64 jpg frames, the official CSV form with subset header rows) is
 benchmarked with the tiny Stable Diffusion of conftest.py, DIS flow, a few steps, and a tiny CLIP
@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import types
 
 import pytest
 from PIL import Image
 
-from flatten_video import bench
+from flatten_video.eval import dataset, runner
 from flatten_video.cli import build_parser, main
-from flatten_video.pipeline import FlattenPipeline
+from flatten_video.pipelines import FlattenPipeline
 from flatten_video.video import read_video, write_video
 
 from conftest import moving_texture
@@ -78,7 +80,7 @@ def run(tmp_path, tiny_sd_path, clip_path):
 @pytest.fixture
 def shared_pipe(monkeypatch, tiny_pipe):
     """Reuse the session's tiny pipeline instead of loading it again for every run (speed)."""
-    monkeypatch.setattr(bench, "load_pipeline", lambda *args: tiny_pipe)
+    monkeypatch.setattr(runner, "load_pipeline", lambda *args: tiny_pipe)
     return tiny_pipe
 
 
@@ -102,14 +104,14 @@ def items_on_disk(out):
     return sorted(str(p.relative_to(out / "items")) for p in (out / "items").rglob("*.json"))
 
 
-ALL_ITEMS = sorted(f"{s}/{v}/{e}.json" for s, v in (("DAVIS_480p", "dog"), ("videvo_480p", "car")) for e in bench.EDITS)
+ALL_ITEMS = sorted(f"{s}/{v}/{e}.json" for s, v in (("DAVIS_480p", "dog"), ("videvo_480p", "car")) for e in dataset.EDITS)
 
 
 # ----------------------------------------------------------------------------- end to end
 
 
 def test_bench_end_to_end(tmp_path, tgve, run, monkeypatch, capsys):
-    inversions = count_calls(monkeypatch, "invert")
+    inversions = count_calls(monkeypatch, "invert_video")
     assert run(tgve) == 0
     out = tmp_path / "out"
 
@@ -250,20 +252,20 @@ def test_csv_forms(tmp_path):
     ]
     with open(root / "captions.csv", "w", newline="") as file:
         csv.writer(file).writerows(rows)
-    items = bench.load_items(root, bench.find_csv(root))
-    assert [(i.subset, i.edit, i.prompt) for i in items[:4]] == [("DAVIS_480p", e, e[0]) for e in bench.EDITS]
+    items = dataset.load_items(root, dataset.find_csv(root))
+    assert [(i.subset, i.edit, i.prompt) for i in items[:4]] == [("DAVIS_480p", e, e[0]) for e in dataset.EDITS]
     assert items[4].subset == "youtube_480p" and items[4].frames_dir == root / "youtube_480p/480p_frames/v"
     assert [i.error is None for i in items[4:]] == [True, True, False, False]
-    assert bench.split_name(items[4].subset) == "YouTube"
-    assert len(bench.select_items(items, subsets=["DAVIS"], edits=["style", "object"])) == 2
-    assert [i.name for i in bench.select_items(items, limit=1)] == ["DAVIS_480p/v/style"]
+    assert dataset.split_name(items[4].subset) == "YouTube"
+    assert len(dataset.select_items(items, subsets=["DAVIS"], edits=["style", "object"])) == 2
+    assert [i.name for i in dataset.select_items(items, limit=1)] == ["DAVIS_480p/v/style"]
 
 
 def test_shard_splits_whole_videos_across_processes():
-    items = [bench.Item(s, f"{s}{v}", e, "p") for s in ("a", "b") for v in range(5) for e in bench.EDITS]
+    items = [dataset.Item(s, f"{s}{v}", e, "p") for s in ("a", "b") for v in range(5) for e in dataset.EDITS]
     for count in (1, 2, 3, 4, 16):
-        shards = [bench.shard(items, index, count) for index in range(count)]
-        assert shards == [bench.shard(items, index, count) for index in range(count)]  # deterministic
+        shards = [dataset.shard(items, index, count) for index in range(count)]
+        assert shards == [dataset.shard(items, index, count) for index in range(count)]  # deterministic
         assert sorted(i.name for s in shards for i in s) == sorted(i.name for i in items)  # complete, disjoint
         owners = {(i.subset, i.video): n for n, s in enumerate(shards) for i in s}
         assert all(owners[(i.subset, i.video)] == n for n, s in enumerate(shards) for i in s)  # whole videos
@@ -296,14 +298,14 @@ def test_processes_share_the_work_and_the_main_one_summarizes(tmp_path, tgve, ru
 
 def test_accelerate_launcher_reexecutes_the_same_command(tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(bench.subprocess, "run", lambda command: commands.append(command) or types.SimpleNamespace(returncode=0))
+    monkeypatch.setattr(runner.subprocess, "run", lambda command: commands.append(command) or types.SimpleNamespace(returncode=0))
     argv = ["bench", str(tmp_path), "--steps", "3", "--inject-steps", "2", "--negative-prompt", "", "--ablation", "dsta", "--no-pick-score",
             "--guidance", "7.5", "--lora", "a.safetensors", "--lora", "org/b", "--launcher", "accelerate", "--num-processes", "2"]
     assert main(["--debug", *argv]) == 0
     command = commands[0]
-    module = command.index("flatten_video.bench")
+    module = command.index("flatten_video")
     assert command[1:5] == ["-m", "accelerate.commands.launch", "--num_processes", "2"] and command[module - 1] == "-m"
-    relaunched = build_parser().parse_args([command[module + 1], "bench", *command[module + 2 :]])
+    relaunched = build_parser().parse_args(command[module + 1 :])
     original = build_parser().parse_args(["--debug", *argv])
     for name, value in vars(original).items():
         if name not in ("launcher", "num_processes", "bench_parser"):
@@ -311,15 +313,14 @@ def test_accelerate_launcher_reexecutes_the_same_command(tmp_path, monkeypatch):
     assert relaunched.launcher == "none"
 
 
-def test_module_main_runs_the_bench_command(monkeypatch):
-    seen = []
-    monkeypatch.setattr("flatten_video.cli.main", lambda argv: seen.append(argv) or 0)
-    assert bench.main(["data", "--steps", "2", "--debug"]) == 0
-    assert seen == [["--debug", "bench", "data", "--steps", "2"]]
+def test_python_dash_m_flatten_video_runs_the_command_line():
+    """What ``accelerate launch -m flatten_video`` starts in every process."""
+    result = subprocess.run([sys.executable, "-m", "flatten_video", "bench", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "DATA_DIR" in result.stdout and "--launcher" in result.stdout
 
 
 def test_ablation_sets_attention_and_output_folder(tmp_path, tgve, run, shared_pipe, monkeypatch):
-    inversions = count_calls(monkeypatch, "invert")
+    inversions = count_calls(monkeypatch, "invert_video")
     assert run(tgve, "--ablation", "combo-I", "--limit", "1") == 0
     assert inversions[0]["attention_mode"] == "dsta+flatten" and inversions[0]["flatten_variant"] == "I"
     record = json.loads((tmp_path / "out/combo-I/items/DAVIS_480p/dog/style.json").read_text())
@@ -349,7 +350,7 @@ def test_eval_prints_a_table(edit_pair, clip_path, capsys):
 
 
 def test_eval_json(edit_pair, clip_path, capsys):
-    from flatten_video.metrics import evaluate_video
+    from flatten_video.eval.metrics import evaluate_video
 
     argv = ["eval", *edit_pair, "--prompt", "a red dog", "--frames", "4", "--flow", "dis", "--device", "cpu",
             "--clip-model", clip_path, "--pick-model", clip_path, "--pick-processor", clip_path, "--json"]

@@ -116,8 +116,8 @@ def test_cache_dir_resumes_an_edit_that_stopped_while_sampling(clip, tiny_sd_pat
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1  # the inversion was kept
 
     inversions = []
-    original_invert = FlattenPipeline.invert
-    monkeypatch.setattr(FlattenPipeline, "invert", lambda *a, **k: inversions.append(1) or original_invert(*a, **k))
+    original_invert = FlattenPipeline.invert_video
+    monkeypatch.setattr(FlattenPipeline, "invert_video", lambda *a, **k: inversions.append(1) or original_invert(*a, **k))
     status, out, _ = run(argv, capsys)
     assert status == 0 and out.strip() == f"wrote {output}"
     assert inversions == []  # resumed from the cached inversion

@@ -1,4 +1,4 @@
-"""Tests of flatten_video.metrics, offline, with a tiny random CLIP saved to a temp folder."""
+"""Tests of flatten_video.eval.metrics, offline, with a tiny random CLIP saved to a temp folder."""
 
 import math
 import os
@@ -9,8 +9,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest
 import torch
 
-from flatten_video import metrics
-from flatten_video.metrics import (
+from flatten_video.eval import metrics
+from flatten_video.eval.metrics import (
     MetricModelError,
     Scores,
     clip_frame_score,

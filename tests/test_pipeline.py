@@ -373,7 +373,7 @@ def test_sd15_and_sd21_layouts_edit_end_to_end(layout, request):
     "kwargs, message",
     [
         (dict(inject_steps=3), "inject_steps"),
-        (dict(num_inference_steps=0), "positive"),
+        (dict(num_inference_steps=0), "at least 1"),
         (dict(attention_mode="temporal"), "attention mode"),
         (dict(flatten_variant="III"), "variant"),
         (dict(num_inversion_steps=3), "inversion"),

@@ -12,8 +12,9 @@ import av
 import gradio as gr
 import pytest
 
-from flatten_video import cli, webui
-from flatten_video.editing import EditSettings
+from flatten_video import cli
+from flatten_video.app import webui
+from flatten_video.app.settings import EditSettings
 from flatten_video.video import write_video
 
 from conftest import moving_texture
@@ -59,7 +60,7 @@ def test_a_new_prompt_on_the_same_clip_reuses_the_inversion(tiny_sd_path, source
     editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results")
     editor(source, EditSettings(prompt="a tiger", **FAST))
     inversions = []
-    monkeypatch.setattr(type(editor.pipeline), "invert", lambda *a, **k: inversions.append(a))
+    monkeypatch.setattr(type(editor.pipeline), "invert_video", lambda *a, **k: inversions.append(a))
 
     second = editor(source, EditSettings(prompt="a white fox", guidance=5.0, **FAST))
 

@@ -17,10 +17,9 @@ def check_choice(name: str, value, choices: Iterable) -> None:
 
 
 def check_at_least(name: str, value, minimum: int) -> None:
-    """``value`` is an integer >= ``minimum`` (steps, strides: a positive integer for 1)."""
+    """``value`` is an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = " (a positive integer)" if minimum == 1 else ""
-        raise ValueError(f"{name} must be at least {minimum}{kind}, got {value!r}")
+        raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
 
 
 def check_positive_number(name: str, value) -> None:
@@ -30,7 +29,7 @@ def check_positive_number(name: str, value) -> None:
 
 def check_num_frames(name: str, count: int) -> None:
     if count < 2:
-        raise ValueError(f"{name}: at least 2 frames are needed (FLATTEN follows motion between frames), got {count}")
+        raise ValueError(f"{name} must be at least 2 frames (FLATTEN follows motion between frames), got {count}")
 
 
 def check_multiple_of_8(name: str, value: int) -> None:

@@ -8,27 +8,18 @@ link unless ``--share``. One model is loaded, on the first edit, and edits run o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import itertools
 import logging
 import os
 import pathlib
 import re
 import threading
 
-from .cli import (
-    DEFAULT_MODEL,
-    DTYPES,
-    add_lora_arguments,
-    default_device,
-    error_line,
-    load_pipeline,
-    resolve_dtype,
-)
-from .context import ATTENTION_MODES, FLATTEN_VARIANTS
-from .editing import EditSettings, edit_video, prepare_edit
-from .features import FEATURE_MODES
-from .flow import FLOW_METHODS, FlowWeightsUnavailable
-from .pipeline import ModelLoadError
+from .editing import edit_video, prepare_source
+from .runtime import DEFAULT_MODEL, USER_ERRORS, default_device, error_line, load_pipeline, resolve_dtype
+from .settings import EditSettings, RuntimeSettings, add_arguments, options_of
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +30,6 @@ DEFAULT_OUTPUT_DIR = "flatten-video-outputs"
 
 class WebUIUnavailable(RuntimeError):
     """Gradio is not installed."""
-
-
-# Bad input, missing weights or models: told to the user in one line, no traceback in the log.
-USER_ERRORS = (ValueError, ModelLoadError, FlowWeightsUnavailable)
 
 
 class Editor:
@@ -91,33 +78,36 @@ class Editor:
     def __call__(self, video: str | os.PathLike, settings: EditSettings) -> pathlib.Path:
         """Edit ``video`` and return the written mp4. Bad input raises before the model loads."""
         output = self.output_path(video, settings)
-        clip = prepare_edit(video, output, settings)
+        clip = prepare_source(video, settings, output)
         return edit_video(self.pipeline, video, output, settings, clip=clip, cache_dir=self.cache_dir)
 
 
-def form_settings(prompt, negative_prompt, frames, stride, width, height, crop, steps, inversion_steps,
-                  inject_steps, guidance, seed, flow, attention, variant, feature_mode, side_by_side) -> EditSettings:
-    """The form's values as :class:`EditSettings`; 0 in stride, width or height means automatic."""
-    automatic = lambda value: int(value) if value else None  # noqa: E731
-    return EditSettings(
-        prompt=prompt or "",
-        negative_prompt=negative_prompt or "",
-        frames=int(frames),
-        stride=automatic(stride),
-        width=automatic(width),
-        height=automatic(height),
-        crop=bool(crop),
-        steps=int(steps),
-        inversion_steps=int(inversion_steps),
-        inject_steps=int(inject_steps),
-        guidance=float(guidance),
-        seed=int(seed),
-        flow=flow,
-        attention=attention,
-        variant=variant,
-        feature_mode=feature_mode,
-        side_by_side=bool(side_by_side),
-    )
+#: The settings on the page, in the order of the form's inputs after the video.
+FORM_FIELDS = tuple(f.name for f, meta in options_of(EditSettings) if meta.widget is not None)
+
+
+def form_settings(*values) -> EditSettings:
+    """The form's values (in :data:`FORM_FIELDS` order) as :class:`EditSettings`.
+
+    Gradio gives numbers as floats and empty boxes as None; 0 means automatic where the widget
+    says so.
+    """
+    settings = {}
+    for (f, meta), value in zip(_form_options(), values, strict=True):
+        if meta.widget.zero_is_auto and not value:
+            value = None
+        elif meta.widget.kind == "text":
+            value = value or ""
+        elif meta.widget.kind == "checkbox":
+            value = bool(value)
+        elif value is not None and meta.widget.kind in ("slider", "number"):
+            value = float(value) if isinstance(f.default, float) else int(value)
+        settings[f.name] = value
+    return EditSettings(**settings)
+
+
+def _form_options():
+    return [(f, meta) for f, meta in options_of(EditSettings) if meta.widget is not None]
 
 
 def run_form(editor: Editor, video, *values) -> str:
@@ -151,31 +141,11 @@ def build_app(editor: Editor):
         with gr.Row():
             with gr.Column():
                 video = gr.Video(label="Source video", sources=["upload"])
-                prompt = gr.Textbox(label="Prompt", placeholder="a tiger, high quality")
-                negative_prompt = gr.Textbox(label="Negative prompt", value=default.negative_prompt)
-                with gr.Accordion("Frames and size", open=False):
-                    frames = gr.Slider(2, 128, value=default.frames, step=1, label="Frames to edit")
-                    stride = gr.Number(value=0, precision=0, minimum=0, label="Stride (0: spread over the clip)")
-                    width = gr.Number(value=0, precision=0, minimum=0, step=8, label="Width (0: short side 512, aspect kept)")
-                    height = gr.Number(value=0, precision=0, minimum=0, step=8, label="Height (0: automatic)")
-                    crop = gr.Checkbox(value=default.crop, label="Center-crop instead of stretching")
-                with gr.Accordion("Diffusion", open=False):
-                    steps = gr.Slider(1, 200, value=default.steps, step=1, label="Sampling steps")
-                    inversion_steps = gr.Slider(1, 400, value=default.inversion_steps, step=1, label="Inversion steps")
-                    inject_steps = gr.Slider(0, 200, value=default.inject_steps, step=1, label="Steps with source features")
-                    guidance = gr.Slider(1, 20, value=default.guidance, step=0.5, label="Guidance scale")
-                    seed = gr.Number(value=default.seed, precision=0, label="Seed")
-                with gr.Accordion("Method (ablations)", open=False):
-                    flow = gr.Dropdown(list(FLOW_METHODS), value=default.flow, label="Optical flow")
-                    attention = gr.Dropdown(list(ATTENTION_MODES), value=default.attention, label="Self-attention")
-                    variant = gr.Dropdown(list(FLATTEN_VARIANTS), value=default.variant, label="Flow-guided attention variant")
-                    feature_mode = gr.Dropdown(list(FEATURE_MODES), value=default.feature_mode, label="Source features")
-                    side_by_side = gr.Checkbox(value=default.side_by_side, label="Source and edit side by side")
+                widgets = _build_widgets(gr, default)
                 run = gr.Button("Edit", variant="primary")
             with gr.Column():
                 result = gr.Video(label="Edited video", interactive=False)
-        inputs = [video, prompt, negative_prompt, frames, stride, width, height, crop, steps, inversion_steps,
-                  inject_steps, guidance, seed, flow, attention, variant, feature_mode, side_by_side]
+        inputs = [video, *(widgets[name] for name in FORM_FIELDS)]
 
         def edit(*values, progress=gr.Progress(track_tqdm=True)):  # tqdm bars (flow, inversion, sampling) -> page
             return run_form(editor, *values)
@@ -183,6 +153,32 @@ def build_app(editor: Editor):
         run.click(edit, inputs=inputs, outputs=result)
     app.queue(default_concurrency_limit=1)  # one edit at a time: each fills the device
     return app
+
+
+def _build_widgets(gr, default: EditSettings) -> dict:
+    """One widget per :data:`FORM_FIELDS` entry, from its :class:`~flatten_video.app.settings.Widget`;
+    each section is a folded accordion, in the order the fields declare them."""
+    widgets = {}
+    for section, group in itertools.groupby(_form_options(), key=lambda option: option[1].widget.section):
+        with gr.Accordion(section, open=False) if section else contextlib.nullcontext():
+            for f, meta in group:
+                widgets[f.name] = _widget(gr, meta, getattr(default, f.name))
+    return widgets
+
+
+def _widget(gr, meta, value):
+    spec = meta.widget
+    if spec.zero_is_auto and value is None:
+        value = 0
+    if spec.kind == "text":
+        return gr.Textbox(label=spec.label, value=value, placeholder=spec.placeholder)
+    if spec.kind == "slider":
+        return gr.Slider(spec.low, spec.high, value=value, step=spec.step, label=spec.label)
+    if spec.kind == "number":
+        return gr.Number(value=value, precision=0, minimum=spec.low, step=spec.step or 1, label=spec.label)
+    if spec.kind == "dropdown":
+        return gr.Dropdown(list(meta.choices), value=value, label=spec.label)
+    return gr.Checkbox(value=value, label=spec.label)
 
 
 def _lora_note(editor: Editor) -> str:
@@ -216,13 +212,9 @@ def run_web(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands) -> None:
-    """Add the ``web`` subcommand to the CLI's subparsers."""
-    parser = commands.add_parser("web", help="serve the web UI (Gradio)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"Stable Diffusion 1.x/2.x hub id or local folder (default: {DEFAULT_MODEL})")
-    add_lora_arguments(parser)
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="model dtype (default: float16 on CUDA, float32 elsewhere)")
+def add_web_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``web`` command's options: the runtime ones of the settings schema, then the server's."""
+    add_arguments(parser, RuntimeSettings)
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST}, this machine only; 0.0.0.0 for the network)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
@@ -230,4 +222,3 @@ def register(commands) -> None:
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"where edited videos are kept (default: ./{DEFAULT_OUTPUT_DIR})")
     parser.add_argument("--cache-dir", default=None, help="where inversions are kept, so a new prompt on the same clip skips flow and inversion (default: OUTPUT_DIR/inversions)")
     parser.add_argument("--no-cache", action="store_true", help="keep no inversions")
-    parser.set_defaults(handler=run_web)

@@ -31,7 +31,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from .flow import estimate_flow
+from ..flow import estimate_flow
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 DEFAULT_PICK_MODEL = "yuvalkirstain/PickScore_v1"

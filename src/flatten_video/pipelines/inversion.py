@@ -37,6 +37,8 @@ class FlattenInversion:
         source_latents: timestep -> (1, C, F, h, w) latent inversion fed the U-Net at each
             injected timestep. Always kept (about 1 MB a step at 512x512): recompute mode
             recomputes the features from them, and they let :meth:`save` write any inversion.
+        timings: seconds spent on each stage that made it (``flow``, ``trajectories``,
+            ``encode``, ``invert``), for reports; not saved.
     """
 
     latents: torch.Tensor
@@ -48,6 +50,7 @@ class FlattenInversion:
     feature_mode: str
     features: FeatureStore | None = None
     source_latents: dict[int, torch.Tensor] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def inject_steps(self) -> int:

@@ -24,6 +24,7 @@ from ..models.context import FlattenConfig, FlattenContext
 from ..models.features import FEATURE_MODES, FeatureStore, available_memory
 from ..models.injection import InjectionSpec
 from ..models.install import flatten_installed
+from ..timing import timed
 from ..trajectories import Trajectories, sample_trajectory_pyramid
 from ..validation import check_at_least, check_choice, check_inject_steps, check_multiple_of_8, check_num_frames
 from .conditioning import Conditioning, fold_frames, stack_rows, unfold_frames
@@ -117,7 +118,7 @@ class FlattenMixin:
         if output_type is not None:
             check_choice("output_type", output_type, OUTPUT_TYPES)
         if frames is not None:
-            check_num_frames("the video", len(frames))
+            check_num_frames("the video's length", len(frames))
             check_multiple_of_8("the frame height", int(frames.shape[-2]))
             check_multiple_of_8("the frame width", int(frames.shape[-1]))
         for name, value in (("num_inference_steps", num_inference_steps), ("num_inversion_steps", num_inversion_steps)):
@@ -401,18 +402,25 @@ class FlattenMixin:
         self, frames, config, num_inference_steps, num_inversion_steps, inject_steps, generator, flow_method,
         feature_mode, feature_dtype, feature_memory_budget, trajectories, latents, flows,
     ) -> FlattenInversion:
+        timings, device = {}, self._execution_device
         if trajectories is None:
             trajectories = {}
             if config.flow_guided:
-                trajectories = self.prepare_trajectories(
-                    frames, flow_method=flow_method, flatten_levels=config.levels, generator=generator, flows=flows
-                )
+                if flows is None:
+                    with timed(timings, "flow", device):
+                        flows = estimate_flow(frames, flow_method, device=device)
+                with timed(timings, "trajectories", device):
+                    trajectories = self.prepare_trajectories(frames, flatten_levels=config.levels, generator=generator, flows=flows)
         if latents is None:
-            latents = self.encode_video(frames, generator)
-        return self._invert(
-            latents, trajectories, config, num_inversion_steps, num_inference_steps, inject_steps, feature_mode,
-            feature_dtype, feature_memory_budget,
-        )
+            with timed(timings, "encode", device):
+                latents = self.encode_video(frames, generator)
+        with timed(timings, "invert", device):
+            inversion = self._invert(
+                latents, trajectories, config, num_inversion_steps, num_inference_steps, inject_steps, feature_mode,
+                feature_dtype, feature_memory_budget,
+            )
+        inversion.timings = timings
+        return inversion
 
     # -- sampling ---------------------------------------------------------------------------------
 

@@ -1,0 +1,291 @@
+"""The one schema of an edit's options.
+
+Every option is a field of :class:`EditSettings` (or, for where the model runs,
+:class:`RuntimeSettings`) whose metadata (:class:`Option`) says everything the rest of the
+program needs: the command-line flag and help (:func:`add_arguments`), the web widget
+(``flatten_video.app.webui``), the pipeline keyword argument (:meth:`EditSettings.pipeline_kwargs`),
+whether it changes the inversion (:meth:`EditSettings.inversion_identity`, the cache key) and the
+rules it obeys (:meth:`EditSettings.check`). A new option is one field plus its use in the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from ..flow import FLOW_METHODS
+from ..models.context import ATTENTION_MODES, FLATTEN_VARIANTS, FLOW_GUIDED_MODES
+from ..models.features import FEATURE_MODES
+from ..validation import check_at_least, check_choice, check_inject_steps, check_multiple_of_8, check_num_frames, check_positive_number
+from .runtime import DEFAULT_MODEL, DTYPES
+
+
+@dataclass(frozen=True)
+class Widget:
+    """How an option appears on the web page.
+
+    Attributes:
+        kind: ``"text"``, ``"slider"``, ``"number"``, ``"dropdown"`` or ``"checkbox"``.
+        label: the widget's label.
+        section: the folded section holding it ("" for the top of the form).
+        low, high, step: the range of sliders and numbers.
+        zero_is_auto: 0 on the page means None (automatic).
+        placeholder: the hint an empty text box shows.
+    """
+
+    kind: str
+    label: str
+    section: str = ""
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    zero_is_auto: bool = False
+    placeholder: str | None = None
+
+
+@dataclass(frozen=True)
+class Option:
+    """What one settings field means outside Python.
+
+    Attributes:
+        help: the command-line help.
+        kwarg: the pipeline keyword argument it becomes (None: used by the app itself).
+        sampling_only: the keyword argument is the pipeline call's, not ``invert_video``'s.
+        inversion: whether it changes the inversion (so the inversion cache keys on it).
+        choices: the allowed values, if a fixed set.
+        minimum: the smallest allowed integer.
+        multiple_of_8: a frame side in pixels.
+        positive: a number that must be above 0.
+        widget: its web widget (None: not on the page).
+        metavar: the command line's name for its value.
+    """
+
+    help: str
+    kwarg: str | None = None
+    sampling_only: bool = False
+    inversion: bool = False
+    choices: tuple = ()
+    minimum: int | None = None
+    multiple_of_8: bool = False
+    positive: bool = False
+    widget: Widget | None = None
+    metavar: str | None = None
+
+
+def option(default, help: str, **meta):
+    """A dataclass field carrying its :class:`Option`."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"option": Option(help, **meta)})
+    return field(default=default, metadata={"option": Option(help, **meta)})
+
+
+FRAMES, DIFFUSION, METHOD = "Frames and size", "Diffusion", "Method (ablations)"
+
+
+@dataclass
+class EditSettings:
+    """Every option of one edit; the defaults are the paper's (DESIGN.md 1.5-1.7)."""
+
+    prompt: str = option(
+        "", "what the edited video should show", kwarg="prompt", sampling_only=True,
+        widget=Widget("text", "Prompt", placeholder="a tiger, high quality"),
+    )
+    negative_prompt: str = option(
+        "", "what it should not show (default: empty)", kwarg="negative_prompt", sampling_only=True, widget=Widget("text", "Negative prompt")
+    )
+    frames: int = option(
+        32, "frames to edit (default: 32)", minimum=1,
+        widget=Widget("slider", "Frames to edit", FRAMES, 2, 128, 1),
+    )
+    stride: int | None = option(
+        None, "take every N-th source frame (default: total // frames)", minimum=1,
+        widget=Widget("number", "Stride (0: spread over the clip)", FRAMES, 0, zero_is_auto=True),
+    )
+    width: int | None = option(
+        None, "working width in pixels, a multiple of 8 (default: aspect kept, short side 512, multiples of 64)",
+        multiple_of_8=True, widget=Widget("number", "Width (0: short side 512, aspect kept)", FRAMES, 0, step=8, zero_is_auto=True),
+    )
+    height: int | None = option(
+        None, "working height in pixels, a multiple of 8", multiple_of_8=True,
+        widget=Widget("number", "Height (0: automatic)", FRAMES, 0, step=8, zero_is_auto=True),
+    )
+    crop: bool = option(
+        False, "center-crop to the working aspect ratio instead of stretching",
+        widget=Widget("checkbox", "Center-crop instead of stretching", FRAMES),
+    )
+    steps: int = option(
+        50, "DDIM sampling steps (default: 50)", kwarg="num_inference_steps", inversion=True, minimum=1,
+        widget=Widget("slider", "Sampling steps", DIFFUSION, 1, 200, 1),
+    )
+    inversion_steps: int = option(
+        100, "DDIM inversion steps (default: 100)", kwarg="num_inversion_steps", inversion=True, minimum=1,
+        widget=Widget("slider", "Inversion steps", DIFFUSION, 1, 400, 1),
+    )
+    inject_steps: int = option(
+        40, "sampling steps that get the source features (default: 40)", kwarg="inject_steps", inversion=True,
+        widget=Widget("slider", "Steps with source features", DIFFUSION, 0, 200, 1),
+    )
+    guidance: float = option(
+        10.0, "classifier-free guidance scale (default: 10)", kwarg="guidance_scale", sampling_only=True,
+        widget=Widget("slider", "Guidance scale", DIFFUSION, 1, 20, 0.5),
+    )
+    seed: int = option(66, "random seed (default: 66)", inversion=True, widget=Widget("number", "Seed", DIFFUSION))
+    flow: str = option(
+        "raft", "optical flow: raft (pretrained weights) or dis (no weights)", kwarg="flow_method", inversion=True,
+        choices=FLOW_METHODS, widget=Widget("dropdown", "Optical flow", METHOD),
+    )
+    attention: str = option(
+        "dsta+flatten", "self-attention mode, for ablations (default: dsta+flatten)", kwarg="attention_mode",
+        inversion=True, choices=ATTENTION_MODES, widget=Widget("dropdown", "Self-attention", METHOD),
+    )
+    variant: str = option(
+        "II", "flow-guided attention variant (default: II)", kwarg="flatten_variant", inversion=True,
+        choices=FLATTEN_VARIANTS, widget=Widget("dropdown", "Flow-guided attention variant", METHOD),
+    )
+    feature_mode: str = option(
+        "auto", "how source features are held: stored (host RAM, ~22 GiB for 32 frames at 512), recompute "
+        "(~80 MB, ~40%% more sampling work), auto (stored if it fits in half the free RAM; default)",
+        kwarg="feature_mode", choices=FEATURE_MODES, widget=Widget("dropdown", "Source features", METHOD),
+    )
+    fps: float | None = option(None, "output frame rate (default: the sampled source's)", positive=True)
+    side_by_side: bool = option(
+        False, "write source | edit side by side", widget=Widget("checkbox", "Source and edit side by side", METHOD)
+    )
+
+    @classmethod
+    def from_namespace(cls, namespace) -> "EditSettings":
+        """Settings from an object with attributes of the same names (argparse's namespace)."""
+        return from_namespace(cls, namespace)
+
+    def check(self, require_prompt: bool = True) -> None:
+        """Raise ``ValueError`` on settings that cannot work, naming the option as the command line does.
+
+        ``require_prompt=False`` for the benchmark, which takes its prompts from a CSV.
+        """
+        if require_prompt and not self.prompt.strip():
+            raise ValueError("the prompt is empty: say what the edited video should show")
+        check_options(self)
+        check_num_frames(flag("frames"), self.frames)
+        check_inject_steps(self.inject_steps, self.steps, flag("inject_steps"), flag("steps"))
+
+    @property
+    def uses_flow(self) -> bool:
+        """Whether the attention mode needs optical flow (and so RAFT weights for ``"raft"``)."""
+        return self.attention in FLOW_GUIDED_MODES
+
+    def pipeline_kwargs(self, for_inversion: bool = False) -> dict:
+        """The keyword arguments of the pipeline call these settings fix (``for_inversion``: those
+        of ``invert_video``, which takes no negative prompt or guidance)."""
+        return {
+            meta.kwarg: getattr(self, f.name)
+            for f, meta in options_of(type(self))
+            if meta.kwarg and not (for_inversion and meta.sampling_only)
+        }
+
+    def inversion_identity(self) -> dict:
+        """The settings an inversion depends on (the seed through the VAE sample and the trajectories)."""
+        return {f.name: getattr(self, f.name) for f, meta in options_of(type(self)) if meta.inversion}
+
+    def result_identity(self) -> dict:
+        """Every setting but the prompt: what decides a benchmark item's result besides its prompt."""
+        return {f.name: getattr(self, f.name) for f, _ in options_of(type(self)) if f.name != "prompt"}
+
+
+@dataclass
+class RuntimeSettings:
+    """Which model runs, with which LoRAs, where and in which dtype."""
+
+    model: str = option(DEFAULT_MODEL, f"Stable Diffusion 1.x/2.x hub id or local folder (default: {DEFAULT_MODEL})")
+    lora: list = option([], "LoRA weights to apply (.safetensors file, folder or hub id); repeat for several", metavar="PATH")
+    lora_scale: float = option(1.0, "weight of the LoRAs (default: 1)")
+    device: str | None = option(None, "cuda, cuda:1, mps or cpu (default: the best available)")
+    dtype: str | None = option(None, "model dtype (default: float16 on CUDA, float32 elsewhere)", choices=DTYPES)
+
+    @classmethod
+    def from_namespace(cls, namespace) -> "RuntimeSettings":
+        return from_namespace(cls, namespace)
+
+
+# --------------------------------------------------------------------------- schema helpers
+
+
+def options_of(cls) -> list[tuple[dataclasses.Field, Option]]:
+    """The fields of a settings class with their :class:`Option`, in declaration order."""
+    return [(f, f.metadata["option"]) for f in dataclasses.fields(cls) if "option" in f.metadata]
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field: ``inject_steps`` -> ``--inject-steps``."""
+    return "--" + name.replace("_", "-")
+
+
+def value_type(cls, name: str) -> type:
+    """The field's value type without ``None``: int, float, str, bool or list."""
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if args and typing.get_origin(hint) is not list else hint
+    return typing.get_origin(base) or base
+
+
+def from_namespace(cls, namespace):
+    """Settings from an object with attributes of the fields' names; absent ones keep their default."""
+    return cls(**{f.name: getattr(namespace, f.name) for f, _ in options_of(cls) if hasattr(namespace, f.name)})
+
+
+def check_options(settings) -> None:
+    """The per-field rules of the schema (choices, minimums, multiples of 8, positive numbers)."""
+    for f, meta in options_of(type(settings)):
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        if meta.choices:
+            check_choice(flag(f.name), value, meta.choices)
+        if meta.minimum is not None:
+            check_at_least(flag(f.name), value, meta.minimum)
+        if meta.multiple_of_8:
+            check_multiple_of_8(flag(f.name), value)
+        if meta.positive:
+            check_positive_number(flag(f.name), value)
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls,
+    *,
+    defaults: dict | None = None,
+    helps: dict | None = None,
+    required: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+) -> None:
+    """Add one command-line option per field of ``cls``.
+
+    Args:
+        defaults, helps: per-command changes of a field's default and help.
+        required: fields the command requires.
+        exclude: fields the command does not take.
+    """
+    instance_defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                         for f, _ in options_of(cls)}
+    instance_defaults.update(defaults or {})
+    for f, meta in options_of(cls):
+        if f.name in exclude:
+            continue
+        kind = value_type(cls, f.name)
+        help_text = (helps or {}).get(f.name, meta.help)
+        kwargs = dict(default=instance_defaults[f.name], help=help_text)
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        elif kind is list:
+            kwargs["action"] = "append"
+        else:
+            kwargs["type"] = kind
+            if meta.choices:
+                kwargs["choices"] = meta.choices
+        if meta.metavar:
+            kwargs["metavar"] = meta.metavar
+        if f.name in required:
+            kwargs["required"] = True
+            kwargs.pop("default")
+        parser.add_argument(flag(f.name), dest=f.name, **kwargs)

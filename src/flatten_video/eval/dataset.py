@@ -1,0 +1,173 @@
+"""The LOVEU-TGVE-2023 dataset (DESIGN.md 6): its captions CSV, its frame folders, and the
+(video, edit) items a benchmark run edits.
+
+    DATA_DIR/LOVEU-TGVE-2023_Dataset.csv            captions, one row per video
+    DATA_DIR/<subset>/480p_frames/<video>/*.jpg     e.g. DAVIS_480p, youtube_480p, videvo_480p
+"""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+import re
+from dataclasses import dataclass
+
+#: The four edit prompts of every LOVEU-TGVE video, in the CSV's column order.
+EDITS = ("style", "object", "background", "multiple")
+
+#: Subset keyword -> the paper's name for that split, in the order the summary lists them.
+SPLITS = (("davis", "TGVE-D (DAVIS)"), ("videvo", "TGVE-V (Videvo)"), ("youtube", "YouTube"))
+
+
+class BenchError(RuntimeError):
+    """Nothing can run (no captions CSV, nothing selected...), or ``--fail-fast`` stopped the run."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One (video, edit) of the benchmark.
+
+    ``error`` is set when the CSV or the folder already shows the item cannot run (empty prompt,
+    unknown subset, no frames folder); it is reported as a failure of this item.
+    """
+
+    subset: str
+    video: str
+    edit: str
+    prompt: str
+    frames_dir: pathlib.Path | None = None
+    caption: str = ""
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.subset}/{self.video}/{self.edit}"
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.replace("_", " ").lower().split())
+
+
+def subset_key(name: str) -> str:
+    """'DAVIS', 'DAVIS_480p' and ' davis 480p' -> 'davis': how CSV subset names meet folders."""
+    return re.sub(r"480p$", "", _norm(name).replace(" ", ""))
+
+
+def split_name(subset: str) -> str:
+    """The paper's split of a subset ('DAVIS_480p' -> 'TGVE-D (DAVIS)'); unknown subsets stand alone."""
+    key = subset_key(subset)
+    return next((label for keyword, label in SPLITS if keyword in key), subset)
+
+
+def find_csv(data_dir: pathlib.Path, csv_path: str | None = None) -> pathlib.Path:
+    """The captions CSV: ``csv_path`` if given, else the one CSV (or the one naming TGVE) in ``data_dir``."""
+    if csv_path is not None:
+        path = pathlib.Path(csv_path)
+        if not path.is_file():
+            raise BenchError(f"captions CSV not found: {path}")
+        return path
+    if not data_dir.is_dir():
+        raise BenchError(f"not a folder: {data_dir}")
+    found = sorted(data_dir.glob("*.csv"))
+    named = [p for p in found if "tgve" in p.name.lower()]
+    if len(found) == 1 or len(named) == 1:
+        return (named or found)[0]
+    if not found:
+        raise BenchError(f"no captions CSV (e.g. LOVEU-TGVE-2023_Dataset.csv) in {data_dir}; pass --csv")
+    raise BenchError(f"several CSV files in {data_dir} ({', '.join(p.name for p in found)}); pick one with --csv")
+
+
+def _column_roles(header: list[str]) -> dict[str, int]:
+    """Column index of 'video', 'subset', 'caption' and each edit, matched by keyword (lenient)."""
+    roles: dict[str, int] = {}
+    for index, cell in enumerate(header):
+        name = _norm(cell)
+        # Edit columns first: "Style Change Caption" also contains "caption".
+        role = next((e for e in EDITS if e in name), None)
+        role = role or next((r for r in ("video", "subset", "caption") if r in name), None)
+        if role:
+            roles.setdefault(role, index)
+    return roles
+
+
+def load_items(data_dir: pathlib.Path, csv_path: pathlib.Path) -> list[Item]:
+    """Every (video, edit) of a LOVEU-TGVE captions CSV, in file order.
+
+    The official file introduces each subset with a row whose only filled cell names it
+    ("DAVIS_480p", "youtube_480p", ...); a "subset" column works too. A one-cell row counts as a
+    subset header when it names a folder of ``data_dir`` or a known subset, otherwise it is a
+    video whose prompts are empty. Problems of single rows become item errors; a file with no
+    usable header raises :class:`BenchError`.
+    """
+    try:
+        rows = list(csv.reader(csv_path.read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise BenchError(f"cannot read captions CSV {csv_path}: {error}") from None
+    header_at = next((i for i, row in enumerate(rows) if {"video", *EDITS} <= _column_roles(row).keys()), None)
+    if header_at is None:
+        raise BenchError(
+            f"{csv_path} has no header row with a 'Video name' column and the four edit caption columns "
+            f"({', '.join(EDITS)}); is it the LOVEU-TGVE captions file?"
+        )
+    roles = _column_roles(rows[header_at])
+    if not data_dir.is_dir():
+        raise BenchError(f"not a folder: {data_dir}")
+    folders = {subset_key(p.name): p for p in data_dir.iterdir() if p.is_dir()}
+    known = folders.keys() | {keyword for keyword, _ in SPLITS}
+
+    items, subset = [], ""
+    for line, row in enumerate(rows[header_at + 1 :], start=header_at + 2):
+        cells = [c.strip() for c in row]
+        filled = [c for c in cells if c]
+        if not filled:
+            continue
+        if len(filled) == 1 and subset_key(filled[0]) in known:
+            subset = filled[0]
+            continue
+        cell = lambda role: cells[roles[role]] if role in roles and roles[role] < len(cells) else ""  # noqa: E731
+        row_subset = cell("subset") or subset
+        folder = folders.get(subset_key(row_subset))
+        frames_dir, error = _frames_dir(folder, row_subset, cell("video"), line)
+        video = cell("video") or f"line-{line}"
+        for edit in EDITS:
+            prompt = cell(edit)
+            problem = error or (None if prompt else f"empty '{edit}' prompt in {csv_path.name}, line {line}")
+            subset_name = folder.name if folder else (row_subset or "unknown")
+            items.append(Item(subset_name, video, edit, prompt, frames_dir, cell("caption"), problem))
+    return items
+
+
+def _frames_dir(folder: pathlib.Path | None, subset: str, video: str, line: int):
+    """(frames folder, None) or (None, why not) for a video of a subset."""
+    if not subset:
+        return None, f"line {line} comes before any subset row and the CSV has no subset column"
+    if folder is None:
+        return None, f"no folder for subset {subset!r} in the data folder"
+    if not video:
+        return None, f"no video name on line {line}"
+    candidates = [folder / "480p_frames" / video, folder / video]
+    found = next((p for p in candidates if p.exists()), None)
+    return (found, None) if found else (None, f"no frames folder for video {video!r} (looked for {candidates[0]})")
+
+
+def select_items(items: list[Item], subsets=None, videos=None, edits=None, limit=None) -> list[Item]:
+    """The items of the given subsets (lenient names), videos and edits, at most ``limit`` of them."""
+    if subsets:
+        keys = {subset_key(s) for s in subsets}
+        items = [i for i in items if subset_key(i.subset) in keys]
+    if videos:
+        items = [i for i in items if i.video in set(videos)]
+    if edits:
+        items = [i for i in items if i.edit in set(edits)]
+    return items[:limit] if limit is not None else items
+
+
+def shard(items: list[Item], index: int, count: int) -> list[Item]:
+    """The items process ``index`` of ``count`` runs: every ``count``-th video, round robin in order.
+
+    Whole videos go to one process so its inversion is computed once and reused for its edits.
+    Every process computes the same split from the same list: disjoint and complete.
+    """
+    videos = list(dict.fromkeys((i.subset, i.video) for i in items))
+    mine = set(videos[index::count])
+    return [i for i in items if (i.subset, i.video) in mine]
