@@ -8,7 +8,7 @@ import torch
 
 from common import best_time, machine, smooth_flows
 from flatten_video import flow_guided_attention, sample_trajectories
-from flatten_video.attention import multihead_attention
+from flatten_video.ops import multihead_attention
 
 VIDEOS, FRAMES, SIZE, CHANNELS, HEADS = 2, 16, (32, 32), 320, 5
 

@@ -202,3 +202,112 @@ def test_reproduces_the_paper_unet_forward(tiny_sd_path):
         out = unet(sample, 501, encoder_hidden_states=text).sample
     out = out.reshape(videos, frames, channels, h, w).permute(0, 2, 1, 3, 4)
     assert (out - case["expected_output"]).abs().max() < 1e-5
+
+
+# ----------------------------------------------------------------------------- install, uninstall
+
+
+def test_uninstall_restores_the_stock_unet(tiny_sd_path):
+    from flatten_video import uninstall_flatten
+    from flatten_video.models import flatten_installed, is_flatten_installed
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet").eval()
+    processors = dict(unet.attn_processors)
+    norms = {name: module for name, module in unet.named_modules() if isinstance(module, torch.nn.GroupNorm)}
+    conv2 = unet.up_blocks[1].resnets[0].conv2
+    hooks = dict(conv2._forward_hooks)
+    torch.manual_seed(2)
+    latents, text = torch.randn(3, 4, 8, 8), torch.randn(3, 77, 32)
+    with torch.no_grad():
+        stock = unet(latents, 301, encoder_hidden_states=text).sample
+
+    context = FlattenContext(num_frames=3, attention_mode="dsta")
+    with pytest.raises(RuntimeError, match="inside"):
+        with flatten_installed(unet, context):
+            assert is_flatten_installed(unet)
+            assert isinstance(unet.up_blocks[1].attentions[1].transformer_blocks[0].attn1.processor, FlattenAttnProcessor)
+            assert isinstance(unet.conv_norm_out, VideoGroupNorm) and len(conv2._forward_hooks) == len(hooks) + 1
+            raise RuntimeError("an error inside the call")
+
+    assert not is_flatten_installed(unet)
+    assert all(unet.attn_processors[name] is processor for name, processor in processors.items())
+    assert {n: m for n, m in unet.named_modules() if isinstance(m, torch.nn.GroupNorm)} == norms
+    assert not any(isinstance(m, VideoGroupNorm) for m in unet.modules())
+    assert dict(conv2._forward_hooks) == hooks
+    with torch.no_grad():
+        assert torch.equal(unet(latents, 301, encoder_hidden_states=text).sample, stock)
+    install_flatten(unet, context)
+    install_flatten(unet, context)  # twice: undoing it once still gives the stock U-Net back
+    uninstall_flatten(unet)
+    assert all(unet.attn_processors[name] is processor for name, processor in processors.items())
+    assert not any(isinstance(m, VideoGroupNorm) for m in unet.modules())
+
+
+# ----------------------------------------------------------------------------- injection points
+
+SD_RESNETS = ("up_blocks.1.resnets.0", "up_blocks.1.resnets.1", "up_blocks.2.resnets.0")
+SD_ATTENTIONS = tuple(
+    f"up_blocks.{block}.attentions.{index}.transformer_blocks.0.attn1"
+    for block, index in ((1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0))
+)
+
+
+@pytest.mark.parametrize("layout", ["tiny_sd_path", "tiny_sd21_path"])
+def test_injection_points_of_sd_layouts_are_the_papers(layout, request):
+    from flatten_video import InjectionSpec
+
+    unet = UNet2DConditionModel.from_pretrained(request.getfixturevalue(layout) / "unet")
+    spec = InjectionSpec.from_unet(unet)
+    assert spec.resnets == SD_RESNETS and spec.attentions == SD_ATTENTIONS
+
+
+def test_injection_points_of_the_real_sd_configs_are_the_papers():
+    """The published SD 1.5 / 2.1 U-Net layouts (configs only: nothing is built)."""
+    from types import SimpleNamespace
+
+    from flatten_video import InjectionSpec
+
+    sd = dict(
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=2
+    )
+    spec = InjectionSpec.from_unet(SimpleNamespace(config=SimpleNamespace(**sd)))
+    assert spec.resnets == SD_RESNETS and spec.attentions == SD_ATTENTIONS
+
+
+def tiny_sdxl_unet() -> UNet2DConditionModel:
+    """SDXL's layout (three levels, no attention at the finest, added text and time conditions), tiny."""
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        attention_head_dim=(2, 4, 8),
+        cross_attention_dim=32,
+        layers_per_block=2,
+        norm_num_groups=8,
+        sample_size=16,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,
+    ).eval()
+
+
+def test_sdxl_layout_gets_injection_points_by_decoder_level():
+    from flatten_video import FeatureStore, InjectionSpec
+
+    unet = tiny_sdxl_unet()
+    spec = InjectionSpec.from_unet(unet)
+    # 1/32 of the image is SDXL's first decoder block, 1/16 its second; 1/8 has no attention there.
+    assert spec.resnets == ("up_blocks.0.resnets.0", "up_blocks.0.resnets.1", "up_blocks.1.resnets.0")
+    assert spec.attentions == tuple(
+        f"up_blocks.{block}.attentions.{index}.transformer_blocks.0.attn1" for block, index in ((0, 1), (0, 2), (1, 0), (1, 1), (1, 2))
+    )
+    context = FlattenContext(num_frames=2, attention_mode="dsta", features=FeatureStore(torch.float32))
+    install_flatten(unet, context)
+    added = dict(text_embeds=torch.randn(2, 32), time_ids=torch.randn(2, 6))
+    with torch.no_grad(), context.features.capturing(1):
+        unet(torch.randn(2, 4, 16, 16), 1, encoder_hidden_states=torch.randn(2, 7, 32), added_cond_kwargs=added)
+    recorded = set(context.features.features[1])
+    assert recorded == set(spec.resnets) | {f"{a}.to_{p}" for a in spec.attentions for p in "qk"}

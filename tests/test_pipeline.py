@@ -419,3 +419,95 @@ def test_long_prompts_are_truncated_with_a_warning(tiny_pipe, caplog):
         embeds = tiny_pipe.encode_prompt("a cat " * 100)
     assert embeds.shape[1] == tiny_pipe.tokenizer.model_max_length
     assert "dropped" in caplog.text
+
+
+# ----------------------------------------------------------------------------- FLATTEN scoped to a call
+
+
+def stock_state(unet):
+    from flatten_video import VideoGroupNorm
+
+    return (
+        {name: type(p) for name, p in unet.attn_processors.items()},
+        sum(isinstance(m, VideoGroupNorm) for m in unet.modules()),
+        sum(len(m._forward_hooks) for m in unet.modules()),
+    )
+
+
+def test_the_unet_is_stock_after_every_call_even_a_failed_one(tiny_pipe, source):
+    from flatten_video.models.attention import FlattenAttnProcessor
+
+    before = stock_state(tiny_pipe.unet)
+    assert before[1] == 0 and FlattenAttnProcessor not in before[0].values()
+    edit(tiny_pipe, source, feature_mode="recompute")
+    assert stock_state(tiny_pipe.unet) == before and tiny_pipe.flatten is None
+
+    during = []
+
+    def crash(pipe, step, timestep, kwargs):
+        during.append(stock_state(pipe.unet))
+        raise RuntimeError("stopped by the user")
+
+    with pytest.raises(RuntimeError, match="stopped by the user"):
+        edit(tiny_pipe, source, callback_on_step_end=crash)
+    assert during[0][1] > 0 and FlattenAttnProcessor in during[0][0].values()  # installed while it ran
+    assert stock_state(tiny_pipe.unet) == before and tiny_pipe.flatten is None
+
+
+def test_a_shared_unet_serves_a_plain_diffusers_pipeline_between_edits(tiny_pipe, source):
+    from diffusers import StableDiffusionPipeline
+
+    plain = StableDiffusionPipeline(**{k: getattr(tiny_pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    plain.set_progress_bar_config(disable=True)
+
+    def image():
+        return plain("a cat", num_inference_steps=2, height=64, width=64, generator=torch.Generator().manual_seed(0),
+                     output_type="np").images
+
+    first = image()
+    edit(tiny_pipe, source)
+    assert np.array_equal(image(), first)
+
+
+# ----------------------------------------------------------------------------- the inversion's config
+
+
+def test_inversion_records_its_config_and_edits_with_it(tiny_pipe, source, tmp_path):
+    from flatten_video import FlattenConfig
+
+    frames, trajectories, latents = source
+    options = dict(STEPS, inject_steps=2, trajectories=trajectories, latents=latents)
+    inversion = tiny_pipe.invert_video(frames, attention_mode="dsta", flatten_variant="I", **options)
+    assert inversion.config == FlattenConfig("dsta", "I", (0,)) and inversion.num_inversion_steps == 4
+    loaded = FlattenInversion.load(inversion.save(tmp_path / "inv.safetensors"))
+    assert loaded.config == inversion.config and loaded.num_inversion_steps == 4
+
+    # Left out, the inversion's settings are used: the same edit as asking for them from the start.
+    from_inversion = tiny_pipe(inversion=loaded, prompt="a cat", output_type="latent").frames
+    direct = edit(tiny_pipe, source, attention_mode="dsta", flatten_variant="I", feature_mode="recompute")
+    assert torch.allclose(from_inversion, direct, atol=1e-5, rtol=0)
+    assert (from_inversion - edit(tiny_pipe, source, feature_mode="recompute")).abs().max() > 1e-3  # the default differs
+    # Asked for the same ones, it is accepted too.
+    tiny_pipe(inversion=loaded, prompt="a cat", attention_mode="dsta", num_inference_steps=2, output_type="latent")
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        (dict(attention_mode="dsta+flatten"), "attention_mode='dsta+flatten' (inverted with 'dsta')"),
+        (dict(flatten_variant="II"), "variant='II'"),
+        (dict(flatten_levels=(0, 1)), "levels=(0, 1)"),
+        (dict(num_inference_steps=4), "num_inference_steps=4 (inverted with 2)"),
+        (dict(inject_steps=1), "inject_steps=1 (inverted with 2)"),
+        (dict(num_inversion_steps=8), "num_inversion_steps=8"),
+    ],
+)
+def test_editing_an_inversion_with_other_settings_is_a_clear_error(tiny_pipe, source, kwargs, named):
+    frames, trajectories, latents = source
+    inversion = tiny_pipe.invert_video(
+        frames, attention_mode="dsta", flatten_variant="I", **STEPS, inject_steps=2, trajectories=trajectories, latents=latents
+    )
+    with pytest.raises(ValueError, match="cannot be edited with") as info:
+        tiny_pipe(inversion=inversion, prompt="a cat", output_type="latent", **kwargs)
+    assert named in str(info.value) and "\n" not in str(info.value)

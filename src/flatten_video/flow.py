@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .validation import check_choice
+
 FLOW_METHODS = ("raft", "dis")
 _RAFT_MIN_SIZE = 128
 
@@ -58,13 +60,12 @@ def estimate_flow(
     Returns:
         (F-1, 2, H, W) float32 tensor on the frames' device, in pixels.
     """
+    check_choice("flow method", method, FLOW_METHODS)
     _check_frames(frames)
     if method == "raft":
         flows = _raft_flow(frames, device=device, chunk_size=chunk_size, model=raft_model, progress=progress)
-    elif method == "dis":
-        flows = _dis_flow(frames, progress=progress)
     else:
-        raise ValueError(f"unknown flow method {method!r}; choose one of {', '.join(FLOW_METHODS)}")
+        flows = _dis_flow(frames, progress=progress)
     return flows.to(frames.device)
 
 

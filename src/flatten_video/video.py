@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from .files import atomic_write
+from .validation import check_multiple_of_8
 
 __all__ = ["IMAGE_EXTENSIONS", "Video", "VideoError", "read_video", "working_size", "write_video"]
 
@@ -73,8 +74,10 @@ def _round_to(x: float, multiple: int) -> int:
 
 
 def _check_explicit(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % 8:
-        raise VideoError(f"{name} must be a positive multiple of 8, got {value!r}")
+    try:
+        check_multiple_of_8(name, int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value)
+    except ValueError as error:
+        raise VideoError(str(error)) from None
     return int(value)
 
 

@@ -1,0 +1,184 @@
+"""The package's shape (DESIGN.md 2): floors without import cycles, one owner per rule, one
+settings schema that generates the command line, the web form and the pipeline's arguments."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import pathlib
+
+import pytest
+
+import flatten_video
+from flatten_video.app.settings import EditSettings, Option, RuntimeSettings, Widget, add_arguments, option, options_of
+
+PACKAGE = pathlib.Path(flatten_video.__file__).parent
+
+#: Floors from the bottom; a module may import its own floor or lower ones only.
+FLOORS = [
+    {"files", "validation", "timing", "video", "flow", "trajectories", "ops"},
+    {"models"},
+    {"pipelines"},
+    {"app"},
+    {"eval"},
+    {"cli", "__main__"},
+]
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_imports(path: pathlib.Path) -> set[str]:
+    """Modules of flatten_video that a file imports, at its top or inside functions."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "flatten_video":
+                continue
+            modules = {f"{target}.{alias.name}" for alias in node.names}
+            found |= {m for m in modules if m in ALL_MODULES} or {target}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "flatten_video"}
+    return found - {name}
+
+
+ALL_MODULES = {module_name(p) for p in PACKAGE.rglob("*.py")}
+
+
+def floor(module: str) -> int | None:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return None  # the package itself: its __init__ re-exports the public names
+    return next(i for i, names in enumerate(FLOORS) if parts[1] in names)
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {module_name(p): package_imports(p) for p in PACKAGE.rglob("*.py")}
+
+
+def test_every_module_has_a_floor_and_imports():
+    import importlib
+
+    for module in sorted(ALL_MODULES):
+        if module != "flatten_video":
+            assert floor(module) is not None, module
+        if not module.endswith("__main__"):
+            importlib.import_module(module)
+
+
+def test_no_import_cycle_inside_the_package():
+    graph = import_graph()
+    # Importing flatten_video.x runs flatten_video/__init__ first, which every module would then
+    # "import"; that edge is Python's, not the code's, so the package itself is left out.
+    graph = {m: {t for t in targets if t != "flatten_video"} for m, targets in graph.items() if m != "flatten_video"}
+    state: dict[str, str] = {}
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                cycles.append(path[path.index(target):] + [target] if target in path else [node, target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def test_a_lower_floor_never_imports_a_higher_one():
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if floor(module) is not None and floor(target) is not None and floor(target) > floor(module)
+    ]
+    assert upward == []
+
+
+def test_the_import_graph_reader_sees_real_edges():
+    """Guards the two tests above against passing because the reader finds nothing."""
+    graph = import_graph()
+    assert "flatten_video.pipelines.mixin" in graph["flatten_video.pipelines.pipeline_flatten"]
+    assert "flatten_video.models.install" in graph["flatten_video.pipelines.mixin"]
+    assert "flatten_video.trajectories" in graph["flatten_video.ops"]
+    assert "flatten_video.app.settings" in graph["flatten_video.cli"]
+
+
+# Each rule's message is written once, in flatten_video.validation; these are their fragments.
+RULE_MESSAGES = ["must be at least {minimum}", "must be a positive multiple of 8", "must be between 0 and", "choose one of",
+                 "frames (FLATTEN follows motion between frames)"]
+
+
+@pytest.mark.parametrize("fragment", RULE_MESSAGES)
+def test_each_rule_message_is_written_once(fragment):
+    owners = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if fragment in p.read_text()]
+    assert owners == ["validation.py"]
+
+
+# ----------------------------------------------------------------------------- the settings schema
+
+
+def test_every_edit_option_is_one_field_that_reaches_the_pipeline():
+    from flatten_video import FlattenPipeline
+
+    call = inspect.signature(FlattenPipeline.__call__).parameters
+    invert = inspect.signature(FlattenPipeline.invert_video).parameters
+    settings = EditSettings(prompt="a cat")
+    for f, meta in options_of(EditSettings):
+        if meta.kwarg:
+            assert meta.kwarg in call, f.name
+            assert (meta.kwarg in invert) != meta.sampling_only, f.name
+    assert set(settings.pipeline_kwargs(for_inversion=True)) <= set(invert)
+    assert settings.pipeline_kwargs()["num_inference_steps"] == 50 and settings.pipeline_kwargs()["prompt"] == "a cat"
+    # The inversion depends on its settings, and on nothing a new prompt or guidance changes.
+    assert set(settings.inversion_identity()) == {"steps", "inversion_steps", "inject_steps", "seed", "flow", "attention", "variant"}
+
+
+def test_edit_command_options_are_generated_from_the_schema():
+    from flatten_video.cli import build_parser
+
+    args = build_parser().parse_args(["edit", "v.mp4", "--prompt", "a cat"])
+    for cls in (EditSettings, RuntimeSettings):
+        defaults = cls() if cls is RuntimeSettings else cls(prompt="a cat")
+        assert cls.from_namespace(args) == defaults
+
+
+def test_a_new_option_is_one_field():
+    """A field with its metadata appears on the command line, on the page and in the pipeline call."""
+
+    @dataclasses.dataclass
+    class Extended(EditSettings):
+        window: int = option(0, "frames per window", kwarg="window", inversion=True, minimum=0,
+                             widget=Widget("number", "Window", "Diffusion", 0))
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Extended)
+    settings = Extended.from_namespace(parser.parse_args(["--prompt", "a cat", "--window", "16"]))
+    assert settings.window == 16
+    assert settings.pipeline_kwargs()["window"] == 16 and settings.inversion_identity()["window"] == 16
+    with pytest.raises(ValueError, match="--window must be at least 0"):
+        dataclasses.replace(settings, window=-1).check()
+    field, meta = options_of(Extended)[-1]
+    assert field.name == "window" and isinstance(meta, Option) and meta.widget.section == "Diffusion"
+
+
+def test_form_fields_follow_the_schema():
+    from flatten_video.app import webui
+
+    assert webui.FORM_FIELDS == tuple(f.name for f, meta in options_of(EditSettings) if meta.widget)
+    assert "fps" not in webui.FORM_FIELDS and webui.FORM_FIELDS[:2] == ("prompt", "negative_prompt")
