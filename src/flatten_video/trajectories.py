@@ -69,6 +69,23 @@ class Trajectories:
     def to(self, device: torch.device | str) -> "Trajectories":
         return Trajectories(self.labels.to(device), tuple(g.to(device) for g in self.groups))
 
+    def select(self, frames: torch.Tensor) -> "Trajectories":
+        """The trajectories seen by a batch holding only ``frames`` (K,), in that order.
+
+        Every trajectory keeps its cells in those frames, so a token attends to the tokens of its
+        own trajectory that are in the batch (DESIGN.md 4): a window of a long clip, with anchor
+        frames from elsewhere in the clip, uses the clip-wide trajectories this way. The frames
+        need not be consecutive, so the result's trajectories may skip frames.
+        """
+        labels = _renumber(self.labels.index_select(0, frames.to(self.labels.device)))
+        flat = labels.reshape(-1)
+        lengths = torch.bincount(flat)
+        # A token's depth is the count of its trajectory's cells before it, frame-major.
+        order = torch.argsort(flat, stable=True)
+        first = torch.cumsum(lengths, 0) - lengths
+        depth = torch.empty_like(flat).scatter_(0, order, torch.arange(len(flat), device=flat.device) - first[flat[order]])
+        return Trajectories(labels=labels, groups=_groups(_slots(flat, depth, lengths), lengths))
+
 
 def _frame_of_cells(frames: int, cells: int, device=None, dtype=torch.long) -> torch.Tensor:
     """(frames * cells,) frame index of every cell, numbered frame-major."""

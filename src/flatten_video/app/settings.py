@@ -19,6 +19,7 @@ from ..flow import FLOW_METHODS
 from ..models.context import ATTENTION_MODES, FLATTEN_VARIANTS, FLOW_GUIDED_MODES
 from ..models.features import FEATURE_MODES
 from ..validation import check_at_least, check_choice, check_inject_steps, check_multiple_of_8, check_num_frames, check_positive_number
+from ..windows import anchor_frames, check_windows
 from .runtime import DEFAULT_MODEL, DTYPES
 
 
@@ -97,7 +98,7 @@ class EditSettings:
     )
     frames: int = option(
         32, "frames to edit (default: 32)", minimum=1,
-        widget=Widget("slider", "Frames to edit", FRAMES, 2, 128, 1),
+        widget=Widget("slider", "Frames to edit", FRAMES, 2, 512, 1),
     )
     stride: int | None = option(
         None, "take every N-th source frame (default: total // frames)", minimum=1,
@@ -114,6 +115,19 @@ class EditSettings:
     crop: bool = option(
         False, "center-crop to the working aspect ratio instead of stretching",
         widget=Widget("checkbox", "Center-crop instead of stretching", FRAMES),
+    )
+    window: int = option(
+        32, "long clips: frames per co-denoising window; a longer clip is edited in overlapping windows "
+        "that share the clip-wide trajectories (0: never split; default: 32)", kwarg="window", inversion=True,
+        widget=Widget("number", "Window (frames; 0: whole clip)", FRAMES, 0),
+    )
+    overlap: int = option(
+        8, "frames shared by consecutive windows (default: 8)", kwarg="overlap", inversion=True,
+        widget=Widget("number", "Window overlap", FRAMES, 0),
+    )
+    anchors: int = option(
+        2, "frames spread over the clip that join every window's attention (default: 2; 0: none)", kwarg="anchors",
+        inversion=True, widget=Widget("number", "Anchor frames", FRAMES, 0),
     )
     steps: int = option(
         50, "DDIM sampling steps (default: 50)", kwarg="num_inference_steps", inversion=True, minimum=1,
@@ -169,6 +183,9 @@ class EditSettings:
         check_options(self)
         check_num_frames(flag("frames"), self.frames)
         check_inject_steps(self.inject_steps, self.steps, flag("inject_steps"), flag("steps"))
+        check_windows(self.window, self.overlap, self.anchors, flag("window"), flag("overlap"), flag("anchors"))
+        if 0 < self.window < self.frames and self.anchors > self.frames:
+            anchor_frames(self.frames, self.anchors)  # raises: more anchors than frames
 
     @property
     def uses_flow(self) -> bool:

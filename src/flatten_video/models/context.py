@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from ..validation import check_at_least, check_choice
+from ..windows import check_windows
 
 if TYPE_CHECKING:
     from ..trajectories import Trajectories
@@ -35,11 +36,18 @@ class FlattenConfig:
         variant: one of :data:`FLATTEN_VARIANTS`.
         levels: U-Net levels with flow-guided attention: 0 is the latent grid (the paper's only
             one), 1 half of it, ...
+        window: frames per co-denoising window for long clips (DESIGN.md 4); 0, or a clip no
+            longer than it, runs the exact method on the whole clip.
+        overlap: frames shared by consecutive windows.
+        anchors: frames spread over the clip that join every window's attention.
     """
 
     attention_mode: str = "dsta+flatten"
     variant: str = "II"
     levels: tuple[int, ...] = (0,)
+    window: int = 32
+    overlap: int = 8
+    anchors: int = 2
 
     def __post_init__(self) -> None:
         check_choice("attention mode", self.attention_mode, ATTENTION_MODES)
@@ -50,6 +58,7 @@ class FlattenConfig:
         for level in levels:
             check_at_least("a flatten level", level, 0)
         object.__setattr__(self, "levels", tuple(sorted(set(levels))))
+        check_windows(self.window, self.overlap, self.anchors)
 
     @property
     def flow_guided(self) -> bool:
@@ -62,6 +71,10 @@ class FlattenConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "FlattenConfig":
         return cls(**{**values, "levels": tuple(values.get("levels", (0,)))})
+
+    def windowed(self, num_frames: int) -> bool:
+        """Whether a clip of ``num_frames`` frames is edited in windows rather than whole."""
+        return 0 < self.window < num_frames
 
 
 @dataclass

@@ -20,6 +20,7 @@ Two ways to have the source features at sampling time:
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 from contextlib import contextmanager
 
 import torch
@@ -54,7 +55,9 @@ def available_memory(meminfo: str | os.PathLike = "/proc/meminfo") -> int | None
 
 
 class FeatureStore:
-    """Records source features per timestep and hands them back, for every injection point.
+    """Records source features per key and hands them back, for every injection point.
+
+    A key is a timestep, or (timestep, window) when a long clip runs in windows.
 
     Processors and hooks call :meth:`process` with a layer's fresh output; what they get back
     depends on the store's state:
@@ -73,14 +76,14 @@ class FeatureStore:
     def __init__(self, storage_dtype: torch.dtype = torch.float16, storage_device: torch.device | str = "cpu"):
         self.storage_dtype = storage_dtype
         self.storage_device = torch.device(storage_device)
-        self.features: dict[int, dict[str, torch.Tensor]] = {}
-        self._capture_at: int | None = None
-        self._inject_at: int | None = None
+        self.features: dict[Hashable, dict[str, torch.Tensor]] = {}
+        self._capture_at: Hashable | None = None
+        self._inject_at: Hashable | None = None
         self._share_rows: int | None = None
 
     @contextmanager
-    def capturing(self, timestep: int):
-        self._capture_at = int(timestep)
+    def capturing(self, key: Hashable):
+        self._capture_at = key
         self.features.setdefault(self._capture_at, {})
         try:
             yield self
@@ -88,11 +91,10 @@ class FeatureStore:
             self._capture_at = None
 
     @contextmanager
-    def injecting(self, timestep: int):
-        timestep = int(timestep)
-        if timestep not in self.features:
-            raise KeyError(f"no features were recorded at timestep {timestep}")
-        self._inject_at = timestep
+    def injecting(self, key: Hashable):
+        if key not in self.features:
+            raise KeyError(f"no features were recorded at {key}")
+        self._inject_at = key
         try:
             yield self
         finally:

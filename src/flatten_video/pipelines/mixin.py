@@ -12,7 +12,7 @@ of its batch.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable
 
 import torch
@@ -27,9 +27,11 @@ from ..models.install import flatten_installed
 from ..timing import timed
 from ..trajectories import Trajectories, sample_trajectory_pyramid
 from ..validation import check_at_least, check_choice, check_inject_steps, check_multiple_of_8, check_num_frames
+from ..windows import anchor_frames
 from .conditioning import Conditioning, fold_frames, stack_rows, unfold_frames
 from .inversion import FlattenInversion
 from .output import OUTPUT_TYPES, frames_to_tensor
+from .windowing import WindowRun, denoise, plan_runs, process_share
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class FlattenMixin:
         self,
         frames: torch.Tensor | None = None,
         *,
+        config: FlattenConfig | None = None,
         num_inference_steps: int | None = None,
         num_inversion_steps: int | None = None,
         inject_steps: int | None = None,
@@ -121,6 +124,8 @@ class FlattenMixin:
             check_num_frames("the video's length", len(frames))
             check_multiple_of_8("the frame height", int(frames.shape[-2]))
             check_multiple_of_8("the frame width", int(frames.shape[-1]))
+            if config is not None and config.windowed(len(frames)):
+                anchor_frames(len(frames), config.anchors)  # no more anchors than frames
         for name, value in (("num_inference_steps", num_inference_steps), ("num_inversion_steps", num_inversion_steps)):
             if value is not None:
                 check_at_least(name, value, 1)
@@ -299,29 +304,31 @@ class FlattenMixin:
         )
         empty = self.encode_conditioning("")
         latents = latents.to(self._execution_device)
+        runs = plan_runs(config, latents.shape[2], trajectories, self._execution_device)
         with self.flatten_enabled(config, latents.shape[2], trajectories, store) as context:
-            with self._progress(len(timesteps) - 1, "DDIM inversion") as bar:
+            share = len(process_share(runs)[0])
+            with self._progress((len(timesteps) - 1) * share, "DDIM inversion", share) as bar:
                 for t in timesteps[:-1]:
-                    noise = self._inversion_noise(inversion, context, latents, t, empty, budget)
+                    noise = self._inversion_noise(inversion, context, runs, latents, t, empty, budget, bar)
                     latents = self.inverse_scheduler.step(noise, t + step, latents).prev_sample
-                    bar.update()
         inversion.latents = latents
         return inversion
 
     def _inversion_noise(
-        self, inversion: FlattenInversion, context: FlattenContext, latents: torch.Tensor, t: int,
-        conditioning: Conditioning, budget: int | None,
+        self, inversion: FlattenInversion, context: FlattenContext, runs: list[WindowRun], latents: torch.Tensor,
+        t: int, conditioning: Conditioning, budget: int | None, bar,
     ) -> torch.Tensor:
-        """One inversion U-Net call keeping what sampling needs at t: nothing, or the U-Net
-        input and (stored mode) the features."""
-        if t not in inversion.injected_timesteps:
-            return self.predict_noise(latents, t, conditioning)
-        inversion.source_latents[t] = latents.clone()
-        if inversion.features is None:
-            return self.predict_noise(latents, t, conditioning)
-        with inversion.features.capturing(t):
-            noise = self.predict_noise(latents, t, conditioning)
-        if inversion.feature_mode == "auto":
+        """One inversion evaluation keeping what sampling needs at t: nothing, or the U-Net
+        input and (stored mode) every window's features."""
+        capture = t in inversion.injected_timesteps and inversion.features is not None
+        if t in inversion.injected_timesteps:
+            inversion.source_latents[t] = latents.clone()
+
+        def scope(run: WindowRun, rows: int):
+            return inversion.features.capturing(run.key(t)) if capture else nullcontext()
+
+        noise = denoise(self.predict_noise, context, runs, latents, t, conditioning, scope, bar.update)
+        if capture and inversion.feature_mode == "auto":
             self._resolve_auto_mode(inversion, context, budget)
         return noise
 
@@ -372,6 +379,9 @@ class FlattenMixin:
         attention_mode: str = "dsta+flatten",
         flatten_variant: str = "II",
         flatten_levels: tuple[int, ...] = (0,),
+        window: int = 32,
+        overlap: int = 8,
+        anchors: int = 2,
         feature_mode: str = "auto",
         feature_dtype: torch.dtype = torch.float16,
         feature_memory_budget: int | None = None,
@@ -387,9 +397,9 @@ class FlattenMixin:
         :meth:`FlattenInversion.save`.
         """
         frames = frames_to_tensor(video)
-        config = FlattenConfig(attention_mode, flatten_variant, tuple(flatten_levels))
+        config = FlattenConfig(attention_mode, flatten_variant, tuple(flatten_levels), window, overlap, anchors)
         self.check_inputs(
-            frames, num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps,
+            frames, config=config, num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps,
             inject_steps=inject_steps, feature_mode=feature_mode, feature_memory_budget=feature_memory_budget,
             flow_method=flow_method,
         )
@@ -458,12 +468,14 @@ class FlattenMixin:
         source_row = self.encode_conditioning("") if recompute else None
         store = FeatureStore() if recompute else inversion.features
 
+        runs = plan_runs(inversion.config, inversion.num_frames, inversion.trajectories, self._execution_device)
         self.scheduler.set_timesteps(inversion.num_inference_steps)
         with self.flatten_enabled(inversion.config, inversion.num_frames, inversion.trajectories, store) as context:
-            with self._progress(len(self.scheduler.timesteps), "Sampling") as bar:
+            share = len(process_share(runs)[0])
+            with self._progress(len(self.scheduler.timesteps) * share, "Sampling", share) as bar:
                 for i, t in enumerate(self.scheduler.timesteps):
                     t = int(t)
-                    noise = self._sampling_noise(inversion, context, i, t, latents, rows, source_row)
+                    noise = self._sampling_noise(inversion, context, runs, i, t, latents, rows, source_row, bar)
                     if guided:
                         uncond, cond = noise.chunk(2)
                         noise = uncond + guidance_scale * (cond - uncond)
@@ -472,33 +484,35 @@ class FlattenMixin:
                         update = callback_on_step_end(self, i, t, {"latents": latents})
                         if update and "latents" in update:
                             latents = update["latents"]
-                    bar.update()
         return latents
 
     def _sampling_noise(
-        self, inversion: FlattenInversion, context: FlattenContext, step: int, t: int, latents: torch.Tensor,
-        rows: Conditioning, source_row: Conditioning | None,
+        self, inversion: FlattenInversion, context: FlattenContext, runs: list[WindowRun], step: int, t: int,
+        latents: torch.Tensor, rows: Conditioning, source_row: Conditioning | None, bar,
     ) -> torch.Tensor:
         """Noise of every guidance row at sampling step ``step``, (rows, C, F, h, w).
 
-        Three layouts of one U-Net call: plain rows after the injected steps; rows fed the stored
+        Three layouts of one U-Net batch: plain rows after the injected steps; rows fed the stored
         features; or (recompute mode) the source latent as a leading row whose fresh features
-        every other row takes, dropped from the result.
+        every other row takes, dropped from the result. Windows cut every row alike.
         """
         batch = latents.expand(rows.num_rows, *latents.shape[1:])
+
+        def evaluate(batch, conditioning, scope):
+            return denoise(self.predict_noise, context, runs, batch, t, conditioning, scope, bar.update)
+
         if step >= inversion.inject_steps:
-            return self.predict_noise(batch, t, rows)
+            return evaluate(batch, rows, lambda run, frames: nullcontext())
         if source_row is None:
-            with context.features.injecting(t):
-                return self.predict_noise(batch, t, rows)
+            return evaluate(batch, rows, lambda run, frames: context.features.injecting(run.key(t)))
         source = inversion.source_latents[t].to(latents.device)
         batch, conditioning = stack_rows([(source, source_row), (batch, rows)])
-        with context.features.sharing(inversion.num_frames):
-            return self.predict_noise(batch, t, conditioning)[1:]
+        return evaluate(batch, conditioning, lambda run, frames: context.features.sharing(frames))[1:]
 
-    def _progress(self, total: int, desc: str):
+    def _progress(self, total: int, desc: str, windows: int = 1):
+        """A bar over U-Net evaluations: steps, or steps times windows for a long clip."""
         config = dict(getattr(self, "_progress_bar_config", {}))
-        config.setdefault("desc", desc)
+        config.setdefault("desc", desc if windows == 1 else f"{desc} ({windows} windows a step)")
         return tqdm(total=total, **config)
 
     # -- composition ------------------------------------------------------------------------------
@@ -507,12 +521,15 @@ class FlattenMixin:
         self,
         inversion: FlattenInversion | None,
         *,
-        attention_mode: str | None,
-        flatten_variant: str | None,
-        flatten_levels: tuple[int, ...] | None,
-        num_inference_steps: int | None,
-        num_inversion_steps: int | None,
-        inject_steps: int | None,
+        attention_mode: str | None = None,
+        flatten_variant: str | None = None,
+        flatten_levels: tuple[int, ...] | None = None,
+        window: int | None = None,
+        overlap: int | None = None,
+        anchors: int | None = None,
+        num_inference_steps: int | None = None,
+        num_inversion_steps: int | None = None,
+        inject_steps: int | None = None,
     ) -> tuple[FlattenConfig, dict]:
         """The config and steps of an edit: what the caller gave, else the inversion's, else the
         paper's. Asking an inversion for other ones is a ``ValueError``.
@@ -521,11 +538,12 @@ class FlattenMixin:
             (config, {"num_inference_steps", "num_inversion_steps", "inject_steps"}).
         """
         base = inversion.config if inversion is not None else FlattenConfig()
-        config = FlattenConfig(
-            attention_mode if attention_mode is not None else base.attention_mode,
-            flatten_variant if flatten_variant is not None else base.variant,
-            tuple(flatten_levels) if flatten_levels is not None else base.levels,
-        )
+        asked_config = dict(attention_mode=attention_mode, variant=flatten_variant, levels=flatten_levels,
+                            window=window, overlap=overlap, anchors=anchors)
+        config = FlattenConfig(**{
+            name: getattr(base, name) if value is None else (tuple(value) if name == "levels" else value)
+            for name, value in asked_config.items()
+        })
         made = DEFAULT_STEPS if inversion is None else dict(
             num_inference_steps=inversion.num_inference_steps,
             num_inversion_steps=inversion.num_inversion_steps,

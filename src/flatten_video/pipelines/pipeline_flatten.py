@@ -151,6 +151,9 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Flatten
         attention_mode: str | None = None,
         flatten_variant: str | None = None,
         flatten_levels: tuple[int, ...] | None = None,
+        window: int | None = None,
+        overlap: int | None = None,
+        anchors: int | None = None,
         feature_mode: str = "auto",
         feature_dtype: torch.dtype = torch.float16,
         feature_memory_budget: int | None = None,
@@ -175,7 +178,11 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Flatten
             attention_mode: ``"spatial"``, ``"dsta"``, ``"flatten"`` or ``"dsta+flatten"``.
             flatten_variant: ``"II"``, ``"I"`` or ``"source-qk"``.
             flatten_levels: U-Net levels where flow-guided attention runs (0: the latent grid).
-                These three default (None) to the inversion's, else ``"dsta+flatten"``, ``"II"``, (0,).
+            window, overlap, anchors: long clips (DESIGN.md 4): a clip longer than ``window`` frames
+                is denoised in windows of that many frames overlapping by ``overlap``, each joined
+                by ``anchors`` frames spread over the clip; ``window=0`` never splits the clip.
+                These six default (None) to the inversion's, else ``"dsta+flatten"``, ``"II"``,
+                (0,), 32, 8, 2.
             feature_mode: ``"stored"``, ``"recompute"`` (less memory, more compute) or ``"auto"``
                 (stored when the features fit ``feature_memory_budget``, else recompute).
             feature_dtype: dtype of stored features.
@@ -194,14 +201,14 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Flatten
         check_choice("output_type", output_type, OUTPUT_TYPES)
         config, steps = self.resolve_edit(
             inversion, attention_mode=attention_mode, flatten_variant=flatten_variant, flatten_levels=flatten_levels,
-            num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps, inject_steps=inject_steps,
+            window=window, overlap=overlap, anchors=anchors, num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps, inject_steps=inject_steps,
         )
         if inversion is None:
             if video is None:
                 raise ValueError("give the source video, or an inversion of it")
             frames = frames_to_tensor(video)
             self.check_inputs(
-                frames, **steps, feature_mode=feature_mode, feature_memory_budget=feature_memory_budget,
+                frames, config=config, **steps, feature_mode=feature_mode, feature_memory_budget=feature_memory_budget,
                 flow_method=flow_method,
             )
             inversion = self._invert_video(
