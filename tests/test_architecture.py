@@ -165,18 +165,18 @@ def test_a_new_option_is_one_field():
 
     @dataclasses.dataclass
     class Extended(EditSettings):
-        window: int = option(0, "frames per window", kwarg="window", inversion=True, minimum=0,
-                             widget=Widget("number", "Window", "Diffusion", 0))
+        control_steps: int = option(0, "steps with a ControlNet", kwarg="control_steps", inversion=True, minimum=0,
+                                    widget=Widget("number", "ControlNet steps", "Diffusion", 0))
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, Extended)
-    settings = Extended.from_namespace(parser.parse_args(["--prompt", "a cat", "--window", "16"]))
-    assert settings.window == 16
-    assert settings.pipeline_kwargs()["window"] == 16 and settings.inversion_identity()["window"] == 16
-    with pytest.raises(ValueError, match="--window must be at least 0"):
-        dataclasses.replace(settings, window=-1).check()
+    settings = Extended.from_namespace(parser.parse_args(["--prompt", "a cat", "--control-steps", "16"]))
+    assert settings.control_steps == 16
+    assert settings.pipeline_kwargs()["control_steps"] == 16 and settings.inversion_identity()["control_steps"] == 16
+    with pytest.raises(ValueError, match="--control-steps must be at least 0"):
+        dataclasses.replace(settings, control_steps=-1).check()
     field, meta = options_of(Extended)[-1]
-    assert field.name == "window" and isinstance(meta, Option) and meta.widget.section == "Diffusion"
+    assert field.name == "control_steps" and isinstance(meta, Option) and meta.widget.section == "Diffusion"
 
 
 def test_form_fields_follow_the_schema():
