@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from flatten_video.eval import dataset, runner
+from flatten_video import cli
 from flatten_video.cli import build_parser, main
 from flatten_video.pipelines import FlattenPipeline
 from flatten_video.video import read_video, write_video
@@ -298,7 +299,7 @@ def test_processes_share_the_work_and_the_main_one_summarizes(tmp_path, tgve, ru
 
 def test_accelerate_launcher_reexecutes_the_same_command(tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(runner.subprocess, "run", lambda command: commands.append(command) or types.SimpleNamespace(returncode=0))
+    monkeypatch.setattr(cli.subprocess, "run", lambda command: commands.append(command) or types.SimpleNamespace(returncode=0))
     argv = ["bench", str(tmp_path), "--steps", "3", "--inject-steps", "2", "--negative-prompt", "", "--ablation", "dsta", "--no-pick-score",
             "--guidance", "7.5", "--lora", "a.safetensors", "--lora", "org/b", "--launcher", "accelerate", "--num-processes", "2"]
     assert main(["--debug", *argv]) == 0
@@ -308,7 +309,7 @@ def test_accelerate_launcher_reexecutes_the_same_command(tmp_path, monkeypatch):
     relaunched = build_parser().parse_args(command[module + 1 :])
     original = build_parser().parse_args(["--debug", *argv])
     for name, value in vars(original).items():
-        if name not in ("launcher", "num_processes", "bench_parser"):
+        if name not in ("launcher", "num_processes", "command_parser"):
             assert getattr(relaunched, name) == value, name
     assert relaunched.launcher == "none"
 

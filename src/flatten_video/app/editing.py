@@ -99,13 +99,15 @@ class InversionCache:
         logger.info("reusing the inversion in %s", path)
         return inversion
 
-    def invert(self, pipe, frames: torch.Tensor, settings: EditSettings, generator: torch.Generator) -> FlattenInversion:
-        """The cached inversion of ``frames``, or a new one, kept for next time."""
+    def invert(self, pipe, frames: torch.Tensor, settings: EditSettings, generator: torch.Generator,
+               save: bool = True) -> FlattenInversion:
+        """The cached inversion of ``frames``, or a new one, kept for next time (when ``save``)."""
         entry = self.path(pipe, frames, settings)
         inversion = self.load(entry)
         if inversion is None:
             inversion = pipe.invert_video(frames, generator=generator, **settings.pipeline_kwargs(for_inversion=True))
-            inversion.save(entry)
+            if save:
+                inversion.save(entry)
         return inversion
 
 
@@ -116,12 +118,15 @@ def edit_video(
     settings: EditSettings,
     clip: Video | None = None,
     cache_dir: str | os.PathLike | None = None,
+    write: bool = True,
 ) -> pathlib.Path:
     """Edit ``video`` with ``pipe`` (a :class:`~flatten_video.FlattenPipeline`) and write ``output``.
 
     Args:
         clip: the source already read by :func:`prepare_source` (read here when None).
         cache_dir: where inversions are kept and looked up (:class:`InversionCache`); None: no cache.
+        write: write the output and the cache entry (False for the other processes of a run
+            shared among several: the main one writes).
 
     Returns:
         The path written (atomically: a partial file never appears at ``output``).
@@ -131,8 +136,10 @@ def edit_video(
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     inversion = None
     if cache_dir is not None:
-        inversion = InversionCache(cache_dir).invert(pipe, clip.frames, settings, generator)
+        inversion = InversionCache(cache_dir).invert(pipe, clip.frames, settings, generator, save=write)
     result = pipe(clip.frames, generator=generator, inversion=inversion, output_type="pt", **settings.pipeline_kwargs())
+    if not write:
+        return pathlib.Path(output)
     return write_video(
         result.frames,
         output,

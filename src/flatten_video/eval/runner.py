@@ -21,8 +21,6 @@ import dataclasses
 import datetime
 import json
 import pathlib
-import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from itertools import groupby
@@ -245,46 +243,12 @@ def record_settings(args: argparse.Namespace, settings: EditSettings, dtype) -> 
     return record
 
 
-def bench_argv(args: argparse.Namespace) -> list[str]:
-    """The command line (after ``flatten-video``) that gives ``args`` again, without ``--launcher``:
-    what every process started by ``accelerate launch -m flatten_video`` parses."""
-    argv = ["--debug"] if getattr(args, "debug", False) else []
-    argv.append("bench")
-    options = []
-    for action in args.bench_parser._actions:
-        value = getattr(args, action.dest, None)
-        if action.dest in ("help", "launcher", "num_processes"):
-            continue
-        if not action.option_strings:
-            argv.append(str(value))
-        elif value != action.default:
-            flag = max(action.option_strings, key=len)  # the long form
-            # --flag=value keeps values such as "" or "-blurry" from being read as options.
-            if action.nargs == 0:
-                options.append(flag)
-            else:  # an appending option (--lora) gives a list: one flag per value
-                options += [f"{flag}={item}" for item in (value if isinstance(value, list) else [value])]
-    return argv + options
-
-
-def relaunch_with_accelerate(args: argparse.Namespace) -> int:
-    """Run this bench again as ``accelerate launch [--num_processes N] -m flatten_video bench ...``."""
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
-    if args.num_processes:
-        command += ["--num_processes", str(args.num_processes)]
-    command += ["-m", "flatten_video", *bench_argv(args)]
-    print(f"running: {shlex.join(command)}", file=sys.stderr)
-    return subprocess.run(command).returncode
-
-
 def run_bench(args: argparse.Namespace) -> int:
     settings = EditSettings.from_namespace(args)
     if args.ablation:
         attention, variant = ABLATIONS[args.ablation]
         settings = dataclasses.replace(settings, attention=attention, variant=variant)
     settings.check(require_prompt=False)
-    if args.launcher == "accelerate":
-        return relaunch_with_accelerate(args)
     from accelerate import PartialState
 
     data_dir = pathlib.Path(args.data_dir)
@@ -353,6 +317,4 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--edits", default=None, help=f"only these edits, comma separated ({', '.join(EDITS)})")
     group.add_argument("--limit", type=int, default=None, help="at most N items (after the filters above)")
     group.add_argument("--fail-fast", action="store_true", help="stop at the first failing item")
-    group.add_argument("--launcher", choices=("none", "accelerate"), default="none", help="accelerate: run on several GPUs via `accelerate launch`")
-    group.add_argument("--num-processes", type=int, default=None, help="processes for --launcher accelerate (default: accelerate's config, else one per GPU)")
     add_metric_arguments(parser)
