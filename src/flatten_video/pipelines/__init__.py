@@ -5,6 +5,7 @@ from .inversion import FlattenInversion
 from .mixin import FlattenMixin
 from .output import FlattenPipelineOutput, ModelLoadError
 from .pipeline_flatten import FlattenPipeline
+from .pipeline_flatten_xl import FlattenSDXLPipeline
 
 __all__ = [
     "Conditioning",
@@ -12,6 +13,7 @@ __all__ = [
     "FlattenMixin",
     "FlattenPipeline",
     "FlattenPipelineOutput",
+    "FlattenSDXLPipeline",
     "ModelLoadError",
     "fold_frames",
     "stack_rows",

@@ -30,7 +30,7 @@ from ..validation import check_at_least, check_choice, check_inject_steps, check
 from ..windows import anchor_frames
 from .conditioning import Conditioning, fold_frames, stack_rows, unfold_frames
 from .inversion import FlattenInversion
-from .output import OUTPUT_TYPES, frames_to_tensor
+from .output import OUTPUT_TYPES, FlattenPipelineOutput, frames_to_output, frames_to_tensor
 from .windowing import WindowRun, denoise, plan_runs, process_share
 
 logger = logging.getLogger(__name__)
@@ -58,10 +58,30 @@ class FlattenMixin:
     """
 
     flatten: FlattenContext | None = None
+    #: Short side in pixels the model was trained at: the working size when the user sets none.
+    default_short_side: int = 512
+    #: Run the VAE in float32 when its config says ``force_upcast`` (SDXL's overflows in float16).
+    upcast_vae: bool = False
 
-    def encode_conditioning(self, prompt: str) -> Conditioning:
-        """The conditioning of one U-Net row (a video) for ``prompt``."""
+    def encode_conditioning(self, prompt: str, height: int, width: int) -> Conditioning:
+        """The conditioning of one U-Net row (a video) for ``prompt``, frames of ``height`` x ``width`` px."""
         raise NotImplementedError
+
+    def _conditioning(self, prompt: str, latents: torch.Tensor) -> Conditioning:
+        return self.encode_conditioning(prompt, latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor)
+
+    @contextmanager
+    def _vae_precision(self):
+        """The VAE's dtype for encoding and decoding: float32 inside the block when it must be upcast."""
+        upcast = self.upcast_vae and getattr(self.vae.config, "force_upcast", False) and self.vae.dtype == torch.float16
+        if not upcast:
+            yield self.vae.dtype
+            return
+        self.vae.to(torch.float32)
+        try:
+            yield torch.float32
+        finally:
+            self.vae.to(torch.float16)
 
     # -- scope and checks ---------------------------------------------------------------------
 
@@ -190,11 +210,12 @@ class FlattenMixin:
 
         Frames are encoded in chunks; the posterior is sampled once for the whole video.
         """
-        device, dtype = self._execution_device, self.vae.dtype
-        moments = [
-            self.vae.encode(chunk.to(device, dtype) * 2 - 1).latent_dist.parameters
-            for chunk in frames.split(chunk_size)
-        ]
+        device = self._execution_device
+        with self._vae_precision() as dtype:
+            moments = [
+                self.vae.encode(chunk.to(device, dtype) * 2 - 1).latent_dist.parameters
+                for chunk in frames.split(chunk_size)
+            ]
         latents = DiagonalGaussianDistribution(torch.cat(moments)).sample(generator)
         latents = latents * self.vae.config.scaling_factor
         return latents.permute(1, 0, 2, 3).unsqueeze(0)
@@ -203,10 +224,11 @@ class FlattenMixin:
     def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
         """(1, C, F, h, w) latents -> (F, 3, H, W) float32 frames in [0, 1], on the CPU."""
         latents = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
-        frames = [
-            self.vae.decode(chunk.to(self._execution_device, self.vae.dtype)).sample.float().cpu()
-            for chunk in latents.split(chunk_size)
-        ]
+        with self._vae_precision() as dtype:
+            frames = [
+                self.vae.decode(chunk.to(self._execution_device, dtype)).sample.float().cpu()
+                for chunk in latents.split(chunk_size)
+            ]
         return (torch.cat(frames) / 2 + 0.5).clamp(0, 1)
 
     # -- the U-Net seam -------------------------------------------------------------------------
@@ -302,7 +324,7 @@ class FlattenMixin:
             feature_mode=feature_mode,
             features=store,
         )
-        empty = self.encode_conditioning("")
+        empty = self._conditioning("", latents)
         latents = latents.to(self._execution_device)
         runs = plan_runs(config, latents.shape[2], trajectories, self._execution_device)
         with self.flatten_enabled(config, latents.shape[2], trajectories, store) as context:
@@ -461,11 +483,11 @@ class FlattenMixin:
         """
         latents = inversion.latents.to(self._execution_device)
         guided = guidance_scale > 1.0
-        rows = self.encode_conditioning(prompt)
+        rows = self._conditioning(prompt, latents)
         if guided:
-            rows = Conditioning.cat([self.encode_conditioning(negative_prompt), rows])
+            rows = Conditioning.cat([self._conditioning(negative_prompt, latents), rows])
         recompute = inversion.feature_mode == "recompute" and bool(inversion.injected_timesteps)
-        source_row = self.encode_conditioning("") if recompute else None
+        source_row = self._conditioning("", latents) if recompute else None
         store = FeatureStore() if recompute else inversion.features
 
         runs = plan_runs(inversion.config, inversion.num_frames, inversion.trajectories, self._execution_device)
@@ -554,3 +576,95 @@ class FlattenMixin:
         if inversion is not None:
             inversion.check_compatible(config, **steps)
         return config, steps
+
+    # -- the whole edit ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        video=None,
+        prompt: str = "",
+        negative_prompt: str = "",
+        *,
+        num_inference_steps: int | None = None,
+        num_inversion_steps: int | None = None,
+        inject_steps: int | None = None,
+        guidance_scale: float = 10.0,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        flow_method: str = "raft",
+        attention_mode: str | None = None,
+        flatten_variant: str | None = None,
+        flatten_levels: tuple[int, ...] | None = None,
+        window: int | None = None,
+        overlap: int | None = None,
+        anchors: int | None = None,
+        feature_mode: str = "auto",
+        feature_dtype: torch.dtype = torch.float16,
+        feature_memory_budget: int | None = None,
+        trajectories: dict[tuple[int, int], Trajectories] | None = None,
+        latents: torch.Tensor | None = None,
+        inversion: FlattenInversion | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+    ):
+        """Edit a video: flow, trajectories, VAE encoding, inversion, sampling, decoding.
+
+        Args:
+            video: source frames, (F, 3, H, W) tensor in [0, 1], (F, H, W, 3) array or a list of
+                PIL images; H and W multiples of 8 (64 for the default U-Net depth), F >= 2.
+            prompt: the edit prompt; negative_prompt: the unconditional branch.
+            num_inference_steps, num_inversion_steps, inject_steps: the schedule; None takes the
+                inversion's, else the paper's (50, 100, 40).
+            guidance_scale, eta: the paper's defaults (10, 0).
+            generator: seeds the VAE posterior sample and the trajectory sampling.
+            flow_method: ``"raft"`` or ``"dis"``.
+            attention_mode: ``"spatial"``, ``"dsta"``, ``"flatten"`` or ``"dsta+flatten"``.
+            flatten_variant: ``"II"``, ``"I"`` or ``"source-qk"``.
+            flatten_levels: U-Net levels where flow-guided attention runs (0: the latent grid).
+            window, overlap, anchors: long clips (DESIGN.md 4): a clip longer than ``window`` frames
+                is denoised in windows of that many frames overlapping by ``overlap``, each joined
+                by ``anchors`` frames spread over the clip; ``window=0`` never splits the clip.
+                These six default (None) to the inversion's, else ``"dsta+flatten"``, ``"II"``,
+                (0,), 32, 8, 2.
+            feature_mode: ``"stored"``, ``"recompute"`` (less memory, more compute) or ``"auto"``
+                (stored when the features fit ``feature_memory_budget``, else recompute).
+            feature_dtype: dtype of stored features.
+            feature_memory_budget: bytes the stored features may take in ``"auto"`` mode; None:
+                half of the host's available memory.
+            trajectories: precomputed trajectories (skips the optical flow).
+            latents: precomputed source latents (1, C, F, h, w) (skips VAE encoding).
+            inversion: a source already inverted (:meth:`invert_video`, :meth:`FlattenInversion.load`);
+                skips everything before sampling, and ``video`` may then be None. Asking it for
+                another schedule or attention than it was made with is an error.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+
+        Returns:
+            :class:`FlattenPipelineOutput`, or a tuple ``(frames,)`` if not ``return_dict``.
+        """
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        config, steps = self.resolve_edit(
+            inversion, attention_mode=attention_mode, flatten_variant=flatten_variant, flatten_levels=flatten_levels,
+            window=window, overlap=overlap, anchors=anchors, num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps, inject_steps=inject_steps,
+        )
+        if inversion is None:
+            if video is None:
+                raise ValueError("give the source video, or an inversion of it")
+            frames = frames_to_tensor(video)
+            self.check_inputs(
+                frames, config=config, **steps, feature_mode=feature_mode, feature_memory_budget=feature_memory_budget,
+                flow_method=flow_method,
+            )
+            inversion = self._invert_video(
+                frames, config, steps["num_inference_steps"], steps["num_inversion_steps"], steps["inject_steps"],
+                generator, flow_method, feature_mode, feature_dtype, feature_memory_budget, trajectories, latents, None,
+            )
+        edited = self.sample(
+            inversion, prompt, negative_prompt, guidance_scale=guidance_scale, eta=eta, generator=generator,
+            callback_on_step_end=callback_on_step_end,
+        )
+        del inversion
+        result = edited if output_type == "latent" else frames_to_output(self.decode_latents(edited), output_type)
+        self.maybe_free_model_hooks()
+        return FlattenPipelineOutput(frames=result) if return_dict else (result,)

@@ -1,0 +1,220 @@
+"""A whole edit on the real Stable Diffusion architectures, with random weights: time per stage,
+U-Net calls, attention FLOPs and FLOP/s, and peak memory, side by side for several attention modes.
+
+Timing and memory do not depend on the weights' values, so nothing is downloaded: the U-Net, VAE
+and text encoder are built from the published configs kept in ``benchmarks/configs/`` (``tiny`` is
+the random tiny SD of ../shared/reference-cases). The edit goes through the pipeline's public path:
+``invert_video`` (DIS flow, trajectories, VAE encoding, inversion), ``sample``, ``decode_latents``.
+
+    python benchmarks/pipeline.py --arch sd21 --frames 4 --width 256 --height 256 --steps 2 \\
+        --inversion-steps 4 --inject-steps 2 --attention spatial dsta dsta+flatten
+    python benchmarks/pipeline.py --arch tiny --unet-pass --frames 3 --width 512 --height 512
+
+Peak memory is CUDA's max allocated bytes on a GPU and the peak resident memory above the start on
+the CPU. ``--json FILE`` writes the same figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import pathlib
+import sys
+import time
+
+import torch
+
+from common import AttentionFlops, PeakMemory, machine
+from flatten_video import FlattenPipeline
+from flatten_video.flow import estimate_flow
+from flatten_video.models import ATTENTION_MODES
+from flatten_video.pipelines import Conditioning
+from flatten_video.timing import timed
+
+HERE = pathlib.Path(__file__).resolve().parent
+TINY_SD = HERE.parents[1] / "shared" / "reference-cases" / "tiny-sd"
+ARCHS = ("tiny", "sd15", "sd21", "sdxl")
+
+
+def build(arch: str, device: str, dtype: torch.dtype) -> FlattenPipeline:
+    """The architecture with random weights, on ``device`` in ``dtype``."""
+    if arch == "tiny":
+        pipe = FlattenPipeline.from_pretrained(TINY_SD)
+        return pipe.to(device, dtype)
+    from diffusers import AutoencoderKL, DDIMInverseScheduler, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    spec = json.loads((HERE / "configs" / f"{arch}.json").read_text())
+    if arch == "sdxl":
+        sys.exit("--arch sdxl needs the SDXL pipeline (FlattenSDXLPipeline), which this version does not have yet")
+    torch.manual_seed(0)
+    with torch.device(device):  # build on the device: a real-size U-Net in fp32 is 3.4 GB of host RAM otherwise
+        unet = UNet2DConditionModel.from_config(spec["unet"]).to(dtype)
+        vae = AutoencoderKL.from_config(spec["vae"]).to(dtype)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**spec["text_encoders"][0])).to(dtype)
+    # The tiny tokenizer's ids are valid for the real vocabulary; its words do not matter here.
+    tokenizer = CLIPTokenizer.from_pretrained(TINY_SD / "tokenizer")
+    scheduler = DDIMScheduler.from_config(spec["scheduler"])
+    return FlattenPipeline(vae, text_encoder, tokenizer, unet, scheduler, DDIMInverseScheduler.from_config(scheduler.config))
+
+
+def panning_frames(frames: int, height: int, width: int, shift: int = 8) -> torch.Tensor:
+    """A smooth random texture panning right: (F, 3, H, W) in [0, 1], so the flow is not trivial."""
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.rand(1, 3, height // 16 + 1, (width + shift * frames) // 16 + 1, generator=generator)
+    big = torch.nn.functional.interpolate(coarse, scale_factor=16, mode="bicubic", align_corners=False).clamp(0, 1)[0]
+    return torch.stack([big[:, :height, shift * (frames - t) : shift * (frames - t) + width] for t in range(frames)])
+
+
+def count_unet_calls(unet) -> list:
+    calls = []
+    unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
+def edit(pipe: FlattenPipeline, frames: torch.Tensor, args, mode: str, device: str) -> dict:
+    """One whole edit; its stages' seconds, U-Net calls, attention FLOPs and peak memory."""
+    calls = count_unet_calls(pipe.unet)
+    generator = torch.Generator().manual_seed(66)
+    timings: dict[str, float] = {}
+    with PeakMemory(device) as memory, AttentionFlops(device) as flops:
+        with timed(timings, "flow", device):
+            flows = estimate_flow(frames, "dis", progress=False)
+        inversion = pipe.invert_video(
+            frames, generator=generator, flows=flows, num_inference_steps=args.steps, num_inversion_steps=args.inversion_steps,
+            inject_steps=args.inject_steps, attention_mode=mode, feature_mode=args.feature_mode, window=args.window,
+        )
+        timings.update(inversion.timings)
+        with timed(timings, "sample", device):
+            latents = pipe.sample(inversion, "a tiger, high quality", guidance_scale=10.0, generator=generator)
+        with timed(timings, "decode", device):
+            pipe.decode_latents(latents)
+    unet_seconds = timings["invert"] + timings["sample"]
+    return dict(
+        mode=mode, timings=timings, total=sum(timings.values()), unet_calls=len(calls),
+        seconds_per_call=unet_seconds / max(len(calls), 1), attention_flops_per_call=flops.total / max(len(calls), 1),
+        attention_seconds=flops.seconds, attention_flops_per_second=flops.total / flops.seconds if flops.seconds else None,
+        peak_bytes=memory.peak, feature_mode=inversion.feature_mode,
+    )
+
+
+def unet_pass(pipe: FlattenPipeline, args, mode: str, device: str, dtype) -> dict:
+    """One U-Net evaluation of a guidance batch (2 videos) with FLATTEN, as the paper's code runs it."""
+    from flatten_video import FlattenConfig
+
+    h, w = args.height // pipe.vae_scale_factor, args.width // pipe.vae_scale_factor
+    frames = panning_frames(args.frames, args.height, args.width)
+    trajectories = pipe.prepare_trajectories(frames, flow_method="dis", progress=False) if mode in ("flatten", "dsta+flatten") else {}
+    latents = torch.randn(2, 4, args.frames, h, w, device=device, dtype=dtype)
+    embeds = pipe.encode_prompt("a tiger")
+    conditioning = Conditioning(torch.cat([embeds, embeds]))
+    config = FlattenConfig(attention_mode=mode, window=0)
+    with pipe.flatten_enabled(config, args.frames, trajectories) as context, torch.no_grad():
+        with PeakMemory(device) as memory, AttentionFlops(device) as flops:
+            start = time.perf_counter()
+            pipe.predict_noise(latents, 501, conditioning)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+    return dict(mode=mode, seconds=seconds, peak_bytes=memory.peak, attention_flops=flops.total,
+                attention_seconds=flops.seconds, attention_flops_per_second=flops.total / flops.seconds if flops.seconds else None)
+
+
+@contextlib.contextmanager
+def sdpa_backend(name: str | None):
+    if not name:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = dict(flash=SDPBackend.FLASH_ATTENTION, efficient=SDPBackend.EFFICIENT_ATTENTION,
+                    cudnn=SDPBackend.CUDNN_ATTENTION, math=SDPBackend.MATH)
+    with sdpa_kernel(backends[name]):
+        yield
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=ARCHS, default="sd21")
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--inversion-steps", type=int, default=4)
+    parser.add_argument("--inject-steps", type=int, default=2)
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="default: float16 on CUDA, else float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--attention", choices=ATTENTION_MODES, nargs="+", default=["dsta+flatten"])
+    parser.add_argument("--feature-mode", choices=("stored", "recompute", "auto"), default="auto")
+    parser.add_argument("--window", type=int, default=32, help="co-denoising window (0: whole clip)")
+    parser.add_argument("--sdpa-backend", choices=("flash", "efficient", "cudnn", "math"), default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net's blocks")
+    parser.add_argument("--channels-last", action="store_true", help="U-Net in channels-last memory format")
+    parser.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload(): text encoder and VAE off the GPU while the U-Net runs")
+    parser.add_argument("--unet-pass", action="store_true", help="time one U-Net evaluation of a guidance batch instead of a whole edit")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
+
+    start = time.perf_counter()
+    pipe = build(args.arch, "cpu" if args.cpu_offload else args.device, dtype)
+    if args.cpu_offload:
+        pipe.enable_model_cpu_offload()
+    pipe.set_progress_bar_config(disable=True)
+    if args.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+    if args.compile:
+        for blocks in (pipe.unet.down_blocks, pipe.unet.up_blocks):
+            for block in blocks:
+                block.compile()
+        pipe.unet.mid_block.compile()
+    built = time.perf_counter() - start
+    print(f"machine: {machine()}, device {args.device}, {str(dtype).removeprefix('torch.')}")
+    print(f"{args.arch}: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M U-Net parameters, built in {built:.1f} s")
+    results = []
+    with sdpa_backend(args.sdpa_backend):
+        if args.unet_pass:
+            print(f"one U-Net evaluation, 2 videos x {args.frames} frames at {args.width}x{args.height}")
+            for mode in args.attention:
+                r = unet_pass(pipe, args, mode, args.device, dtype)
+                results.append(r)
+                rate = f"{r['attention_flops_per_second'] / 1e9:.1f}" if r["attention_flops_per_second"] else "-"
+                print(f"  {mode:>13}: {r['seconds']:8.2f} s, peak {r['peak_bytes'] / 2**30:6.2f} GiB, "
+                      f"attention {r['attention_flops'] / 1e9:9.1f} GFLOP in {r['attention_seconds']:.2f} s ({rate} GFLOP/s)")
+        else:
+            frames = panning_frames(args.frames, args.height, args.width)
+            print(f"edit of {args.frames} frames at {args.width}x{args.height}: {args.inversion_steps} inversion steps, "
+                  f"{args.steps} sampling steps ({args.inject_steps} injected), feature mode {args.feature_mode}, window {args.window}")
+            for mode in args.attention:
+                results.append(edit(pipe, frames, args, mode, args.device))
+            print_table(results)
+    if args.json:
+        record = dict(machine=machine(), args=vars(args), results=results, date=time.strftime("%Y-%m-%d"))
+        pathlib.Path(args.json).write_text(json.dumps(record, indent=2))
+
+
+def print_table(results: list[dict]) -> None:
+    stages = ["flow", "trajectories", "encode", "invert", "sample", "decode"]
+    width = 14
+    print(f"{'':>22}" + "".join(f"{r['mode']:>{width}}" for r in results))
+    for stage in stages:
+        print(f"{stage + ' s':>22}" + "".join(f"{r['timings'].get(stage, 0.0):>{width}.3f}" for r in results))
+    rows = [
+        ("total s", lambda r: f"{r['total']:.3f}"),
+        ("U-Net calls", lambda r: f"{r['unet_calls']}"),
+        ("s per U-Net call", lambda r: f"{r['seconds_per_call']:.3f}"),
+        ("attn GFLOP per call", lambda r: f"{r['attention_flops_per_call'] / 1e9:.2f}"),
+        ("attn GFLOP/s", lambda r: f"{r['attention_flops_per_second'] / 1e9:.1f}" if r["attention_flops_per_second"] else "-"),
+        ("peak GiB", lambda r: f"{r['peak_bytes'] / 2**30:.3f}"),
+    ]
+    for name, value in rows:
+        print(f"{name:>22}" + "".join(f"{value(r):>{width}}" for r in results))
+    base = results[0]
+    for r in results[1:]:
+        print(f"{r['mode']} / {base['mode']}: total {r['total'] / base['total']:.2f}x, "
+              f"U-Net call {r['seconds_per_call'] / base['seconds_per_call']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""A Markdown table of the JSON files ``pipeline.py --json`` wrote into a folder (gpu.sh's results).
+
+Run: python benchmarks/summarize.py gpu-results
+"""
+
+import json
+import pathlib
+import sys
+
+
+def rows(folder: pathlib.Path):
+    for path in sorted(folder.glob("*.json")):
+        record = json.loads(path.read_text())
+        args = record["args"]
+        setting = (f"{args['arch']} {args['frames']}x{args['width']}x{args['height']} {args['dtype'] or ''} "
+                   f"{args['sdpa_backend'] or ''}").strip()
+        for r in record["results"]:
+            rate = r.get("attention_flops_per_second")
+            rate = f"{rate / 1e12:.1f}" if rate else "-"
+            if "timings" in r:  # a whole edit
+                yield (path.stem, setting, r["mode"], f"{r['total']:.1f} s edit ({r['unet_calls']} U-Net calls, "
+                       f"{r['seconds_per_call']:.3f} s each)", f"{r['peak_bytes'] / 2**30:.2f}", rate)
+            else:  # one U-Net evaluation
+                yield (path.stem, setting, r["mode"], f"{r['seconds']:.3f} s U-Net pass", f"{r['peak_bytes'] / 2**30:.2f}", rate)
+
+
+def main() -> None:
+    folder = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "gpu-results")
+    print("| run | setting | attention | time | peak GiB | attention TFLOP/s |")
+    print("|---|---|---|---|---:|---:|")
+    for row in rows(folder):
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""FLATTEN on SDXL (DESIGN.md 5): a tiny random SDXL checkpoint, offline, through the pipeline and
+the command line."""
+
+from __future__ import annotations
+
+import pathlib
+
+import av
+import pytest
+import torch
+
+from conftest import moving_texture
+from flatten_video import FlattenPipeline, FlattenSDXLPipeline, InjectionSpec, cli
+from flatten_video.app.runtime import pipeline_class
+from flatten_video.video import write_video
+
+STEPS = dict(num_inference_steps=2, num_inversion_steps=4, inject_steps=2)
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe(tiny_sdxl_path):
+    pipe = FlattenSDXLPipeline.from_pretrained(tiny_sdxl_path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_the_checkpoint_picks_its_pipeline(tiny_sdxl_path, tiny_sd_path):
+    assert pipeline_class(str(tiny_sdxl_path)) is FlattenSDXLPipeline
+    assert pipeline_class(str(tiny_sd_path)) is FlattenPipeline
+    assert pipeline_class("no-such-org/no-such-model") is FlattenPipeline  # offline: loading will say why
+    assert FlattenSDXLPipeline.default_short_side == 1024 and FlattenPipeline.default_short_side == 512
+
+
+def test_rows_carry_pooled_text_and_time_ids(sdxl_pipe):
+    rows = sdxl_pipe.encode_conditioning("a cat", 64, 96)
+    assert rows.encoder_hidden_states.shape == (1, 77, 64)  # both encoders' hidden states side by side
+    assert rows.added_cond_kwargs["text_embeds"].shape == (1, 32)
+    assert rows.added_cond_kwargs["time_ids"].tolist() == [[64, 96, 0, 0, 64, 96]]
+    empty = sdxl_pipe.encode_conditioning("", 64, 96)  # SDXL base's unconditional branch: zeros
+    assert not empty.encoder_hidden_states.any() and not empty.added_cond_kwargs["text_embeds"].any()
+
+
+def test_sdxl_edits_with_injection_at_its_own_decoder_levels(sdxl_pipe):
+    frames = moving_texture(frames=3, height=64, width=96)
+    inversion = sdxl_pipe.invert_video(frames, flow_method="dis", feature_mode="stored", **STEPS)
+    spec = InjectionSpec.from_unet(sdxl_pipe.unet)
+    recorded = set(inversion.features.features[inversion.injected_timesteps[0]])
+    assert recorded == set(spec.resnets) | {f"{a}.to_{p}" for a in spec.attentions for p in "qk"}
+    edited = sdxl_pipe(inversion=inversion, prompt="a cat", output_type="np").frames
+    assert edited.shape == (3, 64, 96, 3)
+    plain = sdxl_pipe(inversion=inversion, prompt="a cat", output_type="latent").frames
+    dsta = sdxl_pipe(frames, "a cat", attention_mode="dsta", flow_method="dis", output_type="latent", **STEPS).frames
+    assert (plain - dsta).abs().max() > 1e-4  # FLATTEN changes the edit on SDXL too
+
+
+def test_the_command_line_edits_with_an_sdxl_checkpoint(tiny_sdxl_path, tmp_path, capsys):
+    source = tmp_path / "walk.mp4"
+    write_video(moving_texture(frames=4, height=64, width=96, shift=4), source, fps=8)
+    output = tmp_path / "edit.mp4"
+    argv = ["edit", str(source), "--prompt", "a cat", "--model", str(tiny_sdxl_path), "--frames", "3", "--width", "96",
+            "--height", "64", "--steps", "2", "--inversion-steps", "4", "--inject-steps", "1", "--flow", "dis",
+            "--device", "cpu", "--output", str(output)]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {output}"
+    with av.open(str(output)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height, sum(1 for _ in container.decode(stream))) == (96, 64, 3)
