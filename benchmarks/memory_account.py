@@ -19,7 +19,7 @@ import pathlib
 
 import torch
 from common import LiveBytes, PeakMemory, machine, smooth_flows
-from flatten_video import FlattenConfig, FlattenContext, install_flatten, sample_trajectories
+from flatten_video import FlattenContext, install_flatten, sample_trajectories
 
 HERE = pathlib.Path(__file__).resolve().parent
 GIB = 2**30

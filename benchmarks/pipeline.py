@@ -110,7 +110,7 @@ def unet_pass(pipe: FlattenPipeline, args, mode: str, device: str, dtype) -> dic
     embeds = pipe.encode_prompt("a tiger")
     conditioning = Conditioning(torch.cat([embeds, embeds]))
     config = FlattenConfig(attention_mode=mode, window=0)
-    with pipe.flatten_enabled(config, args.frames, trajectories) as context, torch.no_grad():
+    with pipe.flatten_enabled(config, args.frames, trajectories), torch.no_grad():
         with PeakMemory(device) as memory, AttentionFlops(device) as flops:
             start = time.perf_counter()
             pipe.predict_noise(latents, 501, conditioning)

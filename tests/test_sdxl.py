@@ -3,11 +3,9 @@ the command line."""
 
 from __future__ import annotations
 
-import pathlib
 
 import av
 import pytest
-import torch
 
 from conftest import moving_texture
 from flatten_video import FlattenPipeline, FlattenSDXLPipeline, InjectionSpec, cli

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import moving_texture
-from flatten_video import FlattenConfig, FlattenContext, Trajectories
+from flatten_video import FlattenConfig
 from flatten_video.pipelines import Conditioning, FlattenInversion
 from flatten_video.pipelines.windowing import denoise, plan_runs, process_share
 from flatten_video.trajectories import sample_trajectories
