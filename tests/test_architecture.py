@@ -18,7 +18,7 @@ PACKAGE = pathlib.Path(flatten_video.__file__).parent
 
 #: Floors from the bottom; a module may import its own floor or lower ones only.
 FLOORS = [
-    {"files", "validation", "timing", "video", "flow", "trajectories", "ops", "windows"},
+    {"files", "validation", "timing", "video", "flow", "trajectories", "ops", "windows", "control_maps"},
     {"models"},
     {"pipelines"},
     {"app"},
@@ -146,9 +146,10 @@ def test_every_edit_option_is_one_field_that_reaches_the_pipeline():
     assert set(settings.pipeline_kwargs(for_inversion=True)) <= set(invert)
     assert settings.pipeline_kwargs()["num_inference_steps"] == 50 and settings.pipeline_kwargs()["prompt"] == "a cat"
     # The inversion depends on its settings, and on nothing a new prompt or guidance changes.
-    assert set(settings.inversion_identity()) == {
-        "steps", "inversion_steps", "inject_steps", "seed", "flow", "attention", "variant", "window", "overlap", "anchors"
-    }
+    identity = set(settings.inversion_identity())
+    assert {"steps", "inversion_steps", "inject_steps", "seed", "flow", "attention", "variant", "window", "overlap",
+            "anchors", "init", "control", "control_inversion"} <= identity
+    assert not identity & {"prompt", "negative_prompt", "guidance", "fps", "side_by_side", "feature_mode"}
 
 
 def test_edit_command_options_are_generated_from_the_schema():

@@ -38,9 +38,10 @@ def frame_count(path: pathlib.Path) -> tuple[int, int, int]:
 
 def form_values(**changes) -> list:
     """The form's inputs after the video, in the page's order, with fast settings."""
-    values = dict(prompt="a tiger", negative_prompt="", frames=3, stride=0, width=W, height=H, crop=False,
-                  window=32, overlap=8, anchors=2, steps=2, inversion_steps=4, inject_steps=1, guidance=7.5, seed=5,
-                  flow="dis", attention="dsta+flatten", variant="II", feature_mode="recompute", side_by_side=False)
+    values = {name: getattr(EditSettings(), name) for name in webui.FORM_FIELDS}  # the page's defaults
+    values.update(prompt="a tiger", negative_prompt="", frames=3, stride=0, width=W, height=H, crop=False,
+                  steps=2, inversion_steps=4, inject_steps=1, guidance=7.5, seed=5, flow="dis",
+                  attention="dsta+flatten", variant="II", feature_mode="recompute", side_by_side=False)
     values.update(changes)
     return [values[name] for name in webui.FORM_FIELDS]
 

@@ -16,8 +16,16 @@ import subprocess
 import sys
 import warnings
 
-from .app.editing import edit_video, prepare_source
-from .app.runtime import default_device, error_line, load_pipeline, pipeline_class, resolve_dtype
+from .app.editing import control_images, edit_video, prepare_source
+from .app.runtime import (
+    controlnet_id,
+    default_device,
+    error_line,
+    load_pipeline,
+    model_family,
+    pipeline_class,
+    resolve_dtype,
+)
 from .app.settings import EditSettings, RuntimeSettings, add_arguments
 from .app.webui import add_web_arguments, run_web
 from .eval.runner import add_bench_arguments, add_eval_arguments, run_bench, run_eval
@@ -32,7 +40,11 @@ def run_edit(args: argparse.Namespace) -> int:
     runtime = RuntimeSettings.from_namespace(args)
     output = pathlib.Path(args.output) if args.output else default_output(args.video)
     short_side = pipeline_class(runtime.model).default_short_side
-    clip = prepare_source(args.video, settings, output, short_side=short_side)  # fails fast, before the model loads
+    # Everything that can fail fast does, before the model loads: settings, output, source, maps.
+    clip = prepare_source(args.video, settings, output, short_side=short_side)
+    controls = control_images(clip, settings)
+    for kind, model in settings.controls:  # a ControlNet that cannot be named is known before loading
+        controlnet_id(kind, model, model_family(runtime.model))
     device = runtime.device or default_device()
     main_process = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
@@ -41,10 +53,12 @@ def run_edit(args: argparse.Namespace) -> int:
         # Joins the process group: the pipeline then shares every step's windows among the processes.
         state = PartialState(cpu=device == "cpu")
         device, main_process = str(state.device), state.is_main_process
-    pipe = load_pipeline(runtime.model, device, resolve_dtype(runtime.dtype, device), runtime.lora, runtime.lora_scale)
+    pipe = load_pipeline(runtime.model, device, resolve_dtype(runtime.dtype, device), runtime.lora, runtime.lora_scale,
+                         settings.controls)
     if not main_process:
         pipe.set_progress_bar_config(disable=True)
-    written = edit_video(pipe, args.video, output, settings, clip=clip, cache_dir=args.cache_dir, write=main_process)
+    written = edit_video(pipe, args.video, output, settings, clip=clip, cache_dir=args.cache_dir, write=main_process,
+                         controls=controls)
     if main_process:
         print(f"wrote {written}")
     return 0

@@ -6,6 +6,7 @@ benchmark: :func:`prepare_source` reads and checks everything before a model loa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -114,6 +115,43 @@ class InversionCache:
         return inversion
 
 
+def control_images(clip: Video, settings: EditSettings) -> list[torch.Tensor]:
+    """The condition maps of every ``--control``, (F, 3, H, W) in [0, 1] at the clip's frames and size:
+    read from its ``--control-video`` when it has one, else computed from the source."""
+    from ..control_maps import control_maps
+
+    images = []
+    count, (height, width) = len(clip.frames), clip.frames.shape[-2:]
+    for index, (kind, _) in enumerate(settings.controls):
+        if index < len(settings.control_video):
+            path = settings.control_video[index]
+            total = read_video(path, 1, width=width, height=height).total_frames
+            # Frame for frame with the source clip, or exactly the edited frames.
+            if total not in (clip.total_frames, count):
+                raise VideoError(
+                    f"the condition video {path} has {total} frames: give one with the source's {clip.total_frames} "
+                    f"frames or the {count} edited ones"
+                )
+            stride = clip.stride if total == clip.total_frames else 1
+            maps = read_video(path, count, stride=stride, width=width, height=height).frames
+        else:
+            maps = control_maps(clip.frames, kind, settings.canny_low, settings.canny_high)
+        images.append(maps)
+    return images
+
+
+def controlled(pipe, images: list[torch.Tensor] | None, settings: EditSettings):
+    """A block in which ``pipe``'s ControlNets steer inversion (if asked) and sampling with the
+    condition maps ``images`` (:func:`control_images`); nothing without ``--control``."""
+    if not settings.control:
+        return contextlib.nullcontext()
+    return pipe.control_enabled(
+        images, num_inference_steps=settings.steps,
+        controlnet_conditioning_scale=settings.control_scale, control_guidance_start=settings.control_start,
+        control_guidance_end=settings.control_end, control_inversion=settings.control_inversion,
+    )
+
+
 def edit_video(
     pipe,
     video: str | os.PathLike,
@@ -122,6 +160,7 @@ def edit_video(
     clip: Video | None = None,
     cache_dir: str | os.PathLike | None = None,
     write: bool = True,
+    controls: list[torch.Tensor] | None = None,
 ) -> pathlib.Path:
     """Edit ``video`` with ``pipe`` (a :class:`~flatten_video.FlattenPipeline`) and write ``output``.
 
@@ -130,6 +169,8 @@ def edit_video(
         cache_dir: where inversions are kept and looked up (:class:`InversionCache`); None: no cache.
         write: write the output and the cache entry (False for the other processes of a run
             shared among several: the main one writes).
+        controls: the condition maps of the ``--control`` options (:func:`control_images`,
+            computed here when None).
 
     Returns:
         The path written (atomically: a partial file never appears at ``output``).
@@ -138,9 +179,12 @@ def edit_video(
         clip = prepare_source(video, settings, output)
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     inversion = None
-    if cache_dir is not None:
-        inversion = InversionCache(cache_dir).invert(pipe, clip.frames, settings, generator, save=write)
-    result = pipe(clip.frames, generator=generator, inversion=inversion, output_type="pt", **settings.pipeline_kwargs())
+    if settings.control and controls is None:
+        controls = control_images(clip, settings)
+    with controlled(pipe, controls, settings):
+        if cache_dir is not None:
+            inversion = InversionCache(cache_dir).invert(pipe, clip.frames, settings, generator, save=write)
+        result = pipe(clip.frames, generator=generator, inversion=inversion, output_type="pt", **settings.pipeline_kwargs())
     if not write:
         return pathlib.Path(output)
     return write_video(

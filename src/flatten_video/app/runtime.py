@@ -38,20 +38,30 @@ def resolve_dtype(name: str | None, device: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def model_index(model: str) -> dict:
-    """The checkpoint's ``model_index.json`` (which pipeline made it), read without loading any
-    weights; empty when it cannot be had (then loading says why)."""
+def checkpoint_json(model: str, name: str) -> dict:
+    """A JSON file of a checkpoint (``model_index.json``, ``unet/config.json``), read without
+    loading any weights; empty when it cannot be had (then loading says why)."""
     path = pathlib.Path(model)
     try:
         if path.is_dir():
-            file = path / "model_index.json"
+            file = path / name
         else:
             from huggingface_hub import hf_hub_download
 
-            file = pathlib.Path(hf_hub_download(model, "model_index.json"))
+            file = pathlib.Path(hf_hub_download(model, name))
         return json.loads(file.read_text())
     except Exception:  # no such file, offline, not a diffusers folder...: loading reports it
         return {}
+
+
+def model_index(model: str) -> dict:
+    """The checkpoint's ``model_index.json``: which pipeline made it."""
+    return checkpoint_json(model, "model_index.json")
+
+
+def model_family(model: str) -> str | None:
+    """``"sd15"``, ``"sd21"`` or ``"sdxl"`` by the U-Net's text width; None when unknown."""
+    return FAMILIES.get(checkpoint_json(model, "unet/config.json").get("cross_attention_dim"))
 
 
 def pipeline_class(model: str) -> type[FlattenPipeline] | type[FlattenSDXLPipeline]:
@@ -59,8 +69,72 @@ def pipeline_class(model: str) -> type[FlattenPipeline] | type[FlattenSDXLPipeli
     return FlattenSDXLPipeline if "XL" in model_index(model).get("_class_name", "") else FlattenPipeline
 
 
-def load_pipeline(model: str, device: str, dtype: torch.dtype, loras=(), lora_scale: float = 1.0):
-    """The FLATTEN pipeline of ``model`` (:func:`pipeline_class`) on ``device`` with ``loras`` applied."""
+#: The ControlNet each condition kind gets by default, per base-model family (diffusers layout).
+DEFAULT_CONTROLNETS = {
+    "sd15": {
+        "canny": "lllyasviel/control_v11p_sd15_canny",
+        "depth": "lllyasviel/control_v11f1p_sd15_depth",
+        "hed": "lllyasviel/control_v11p_sd15_softedge",
+        "lineart": "lllyasviel/control_v11p_sd15_lineart",
+        "openpose": "lllyasviel/control_v11p_sd15_openpose",
+    },
+    "sd21": {
+        "canny": "thibaud/controlnet-sd21-canny-diffusers",
+        "depth": "thibaud/controlnet-sd21-depth-diffusers",
+        "hed": "thibaud/controlnet-sd21-hed-diffusers",
+        "lineart": "thibaud/controlnet-sd21-lineart-diffusers",
+        "openpose": "thibaud/controlnet-sd21-openpose-diffusers",
+    },
+    "sdxl": {
+        "canny": "diffusers/controlnet-canny-sdxl-1.0",
+        "depth": "diffusers/controlnet-depth-sdxl-1.0",
+    },
+}
+
+#: Base-model family by the width of the text embedding its U-Net reads.
+FAMILIES = {768: "sd15", 1024: "sd21", 2048: "sdxl"}
+
+
+def controlnet_id(kind: str, model: str | None, family: str | None) -> str:
+    """The ControlNet to load for ``kind``: the one named, else the family's default."""
+    if model:
+        return model
+    default = DEFAULT_CONTROLNETS.get(family, {}).get(kind)
+    if default is None:
+        raise ValueError(
+            f"no default {kind} ControlNet for this model ({family or 'unknown family'}): name one with --control {kind}=MODEL"
+        )
+    return default
+
+
+def add_controlnets(pipe, controls: list[tuple[str, str | None]], dtype: torch.dtype):
+    """``pipe`` with the ControlNets of ``controls`` ((kind, model or None)) as a ControlNet pipeline."""
+    from diffusers import ControlNetModel
+
+    from ..pipelines.controlnet import FlattenControlNetPipeline, FlattenSDXLControlNetPipeline
+
+    nets = []
+    for kind, model in controls:
+        name = controlnet_id(kind, model, FAMILIES.get(pipe.unet.config.cross_attention_dim))
+        try:
+            nets.append(ControlNetModel.from_pretrained(name, torch_dtype=dtype, use_safetensors=True))
+        except (OSError, EnvironmentError, ValueError) as error:
+            reason = " ".join(str(error).split())
+            raise ModelLoadError(
+                f"could not load the {kind} ControlNet {name!r}: give a hub id that exists (offline: cached) or a local "
+                f"diffusers folder with safetensors weights ({reason})"
+            ) from error
+    cls = FlattenSDXLControlNetPipeline if isinstance(pipe, FlattenSDXLPipeline) else FlattenControlNetPipeline
+    controlled = cls(**pipe.components, controlnet=nets[0] if len(nets) == 1 else nets)
+    controlled.loras = pipe.loras
+    return controlled
+
+
+def load_pipeline(model: str, device: str, dtype: torch.dtype, loras=(), lora_scale: float = 1.0, controls=()):
+    """The FLATTEN pipeline of ``model`` (:func:`pipeline_class`) on ``device`` with ``loras``
+    applied and, for ``controls`` ((kind, model or None) pairs), their ControlNets."""
     pipe = pipeline_class(model).from_pretrained(model, torch_dtype=dtype)
     pipe.load_loras(list(loras or []), scale=lora_scale)
+    if controls:
+        pipe = add_controlnets(pipe, list(controls), dtype)
     return pipe.to(device)

@@ -15,9 +15,11 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
+from ..control_maps import CONTROL_KINDS
 from ..flow import FLOW_METHODS
 from ..models.context import ATTENTION_MODES, FLATTEN_VARIANTS, FLOW_GUIDED_MODES
 from ..models.features import FEATURE_MODES
+from ..pipelines.mixin import INITS
 from ..validation import check_at_least, check_choice, check_inject_steps, check_multiple_of_8, check_num_frames, check_positive_number
 from ..windows import anchor_frames, check_windows
 from .runtime import DEFAULT_MODEL, DTYPES
@@ -28,12 +30,14 @@ class Widget:
     """How an option appears on the web page.
 
     Attributes:
-        kind: ``"text"``, ``"slider"``, ``"number"``, ``"dropdown"`` or ``"checkbox"``.
+        kind: ``"text"``, ``"slider"``, ``"number"``, ``"dropdown"``, ``"checkbox"`` or
+            ``"checkboxes"`` (several of ``options``).
         label: the widget's label.
         section: the folded section holding it ("" for the top of the form).
         low, high, step: the range of sliders and numbers.
         zero_is_auto: 0 on the page means None (automatic).
         placeholder: the hint an empty text box shows.
+        options: the choices of ``"checkboxes"``.
     """
 
     kind: str
@@ -44,6 +48,7 @@ class Widget:
     step: float | None = None
     zero_is_auto: bool = False
     placeholder: str | None = None
+    options: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ def option(default, help: str, **meta):
     return field(default=default, metadata={"option": Option(help, **meta)})
 
 
-FRAMES, DIFFUSION, METHOD = "Frames and size", "Diffusion", "Method (ablations)"
+FRAMES, DIFFUSION, METHOD, CONTROL = "Frames and size", "Diffusion", "Method (ablations)", "ControlNet"
 
 
 @dataclass
@@ -158,6 +163,38 @@ class EditSettings:
         "II", "flow-guided attention variant (default: II)", kwarg="flatten_variant", inversion=True,
         choices=FLATTEN_VARIANTS, widget=Widget("dropdown", "Flow-guided attention variant", METHOD),
     )
+    init: str = option(
+        "inversion", "how the edit starts: inversion (the paper), or ControlVideo's noise (one for all frames) or "
+        "trajectory-noise (one per trajectory), without inversion or injection; pair them with --control and "
+        "--guidance 12.5", kwarg="init", inversion=True, choices=INITS, widget=Widget("dropdown", "Start from", METHOD),
+    )
+    control: list = option(
+        [], "a ControlNet steering the edit: canny, depth, hed, lineart or openpose, with =MODEL to pick the "
+        "ControlNet (default: the usual one for the model's family); repeat for several", inversion=True,
+        metavar="KIND[=MODEL]", widget=Widget("checkboxes", "ControlNets (condition maps from the source)", CONTROL, options=CONTROL_KINDS),
+    )
+    control_video: list = option(
+        [], "condition maps as a video or frame folder, for the --control of the same rank (instead of computing "
+        "them); repeat for several", inversion=True, metavar="PATH",
+    )
+    control_scale: float = option(
+        1.0, "weight of the ControlNet residuals (default: 1; 0: none)", inversion=True,
+        widget=Widget("slider", "ControlNet scale", CONTROL, 0, 2, 0.05),
+    )
+    control_start: float = option(
+        0.0, "fraction of the sampling steps where the ControlNet starts (default: 0)", inversion=True,
+        widget=Widget("slider", "ControlNet start", CONTROL, 0, 1, 0.05),
+    )
+    control_end: float = option(
+        1.0, "fraction of the sampling steps where it stops (default: 1)", inversion=True,
+        widget=Widget("slider", "ControlNet end", CONTROL, 0, 1, 0.05),
+    )
+    control_inversion: bool = option(
+        False, "steer the inversion with the ControlNet too (default: sampling only)", inversion=True,
+        widget=Widget("checkbox", "ControlNet during inversion too", CONTROL),
+    )
+    canny_low: int = option(100, "canny condition: lower hysteresis threshold (default: 100)", inversion=True, minimum=0)
+    canny_high: int = option(200, "canny condition: upper hysteresis threshold (default: 200)", inversion=True, minimum=0)
     feature_mode: str = option(
         "auto", "how source features are held: stored (host RAM, ~22 GiB for 32 frames at 512), recompute "
         "(~80 MB, ~40%% more sampling work), auto (stored if it fits in half the free RAM; default)",
@@ -186,6 +223,18 @@ class EditSettings:
         check_windows(self.window, self.overlap, self.anchors, flag("window"), flag("overlap"), flag("anchors"))
         if 0 < self.window < self.frames and self.anchors > self.frames:
             anchor_frames(self.frames, self.anchors)  # raises: more anchors than frames
+        for kind, _ in self.controls:
+            check_choice(flag("control"), kind, CONTROL_KINDS)
+        if len(self.control_video) > len(self.control):
+            raise ValueError(f"{flag('control_video')} was given {len(self.control_video)} time(s) for {len(self.control)} {flag('control')}")
+        if not 0.0 <= self.control_start <= self.control_end <= 1.0:
+            raise ValueError(f"{flag('control_start')} and {flag('control_end')} must satisfy 0 <= start <= end <= 1, "
+                             f"got {self.control_start} and {self.control_end}")
+
+    @property
+    def controls(self) -> list[tuple[str, str | None]]:
+        """(kind, ControlNet model or None for the family's default) of every ``--control``."""
+        return [(entry.partition("=")[0].strip(), entry.partition("=")[2].strip() or None) for entry in self.control]
 
     @property
     def uses_flow(self) -> bool:

@@ -17,8 +17,17 @@ import pathlib
 import re
 import threading
 
-from .editing import edit_video, prepare_source
-from .runtime import DEFAULT_MODEL, USER_ERRORS, default_device, error_line, load_pipeline, pipeline_class, resolve_dtype
+from .editing import control_images, edit_video, prepare_source
+from .runtime import (
+    DEFAULT_MODEL,
+    USER_ERRORS,
+    add_controlnets,
+    default_device,
+    error_line,
+    load_pipeline,
+    pipeline_class,
+    resolve_dtype,
+)
 from .settings import EditSettings, RuntimeSettings, add_arguments, options_of
 
 logger = logging.getLogger(__name__)
@@ -60,6 +69,7 @@ class Editor:
         else:
             self.cache_dir = pathlib.Path(cache_dir) if cache_dir else self.output_dir / "inversions"
         self._pipeline = pipeline
+        self._controlled: tuple = (None, None)  # (ControlNets asked, the pipeline with them)
         self._lock = threading.Lock()
 
     @property
@@ -68,6 +78,16 @@ class Editor:
             if self._pipeline is None:
                 self._pipeline = load_pipeline(self.model, self.device, self.dtype, self.loras, self.lora_scale)
             return self._pipeline
+
+    def pipeline_for(self, controls: list[tuple[str, str | None]]):
+        """The loaded pipeline, with these ControlNets when asked (kept while the same ones are asked)."""
+        if not controls:
+            return self.pipeline
+        base = self.pipeline
+        with self._lock:
+            if self._controlled[0] != controls:
+                self._controlled = (controls, add_controlnets(base, controls, self.dtype).to(self.device))
+            return self._controlled[1]
 
     def output_path(self, video: str | os.PathLike, settings: EditSettings) -> pathlib.Path:
         """``<output_dir>/<video>-<prompt words>-seed<seed>-<time>.mp4``: readable and unique."""
@@ -79,7 +99,9 @@ class Editor:
         """Edit ``video`` and return the written mp4. Bad input raises before the model loads."""
         output = self.output_path(video, settings)
         clip = prepare_source(video, settings, output, short_side=pipeline_class(self.model).default_short_side)
-        return edit_video(self.pipeline, video, output, settings, clip=clip, cache_dir=self.cache_dir)
+        controls = control_images(clip, settings)
+        return edit_video(self.pipeline_for(settings.controls), video, output, settings, clip=clip, cache_dir=self.cache_dir,
+                          controls=controls)
 
 
 #: The settings on the page, in the order of the form's inputs after the video.
@@ -100,6 +122,8 @@ def form_settings(*values) -> EditSettings:
             value = value or ""
         elif meta.widget.kind == "checkbox":
             value = bool(value)
+        elif meta.widget.kind == "checkboxes":
+            value = list(value or [])
         elif value is not None and meta.widget.kind in ("slider", "number"):
             value = float(value) if isinstance(f.default, float) else int(value)
         settings[f.name] = value
@@ -176,6 +200,8 @@ def _widget(gr, meta, value):
         return gr.Slider(spec.low, spec.high, value=value, step=spec.step, label=spec.label)
     if spec.kind == "number":
         return gr.Number(value=value, precision=0, minimum=spec.low, step=spec.step or 1, label=spec.label)
+    if spec.kind == "checkboxes":
+        return gr.CheckboxGroup(list(spec.options), value=list(value), label=spec.label)
     if spec.kind == "dropdown":
         return gr.Dropdown(list(meta.choices), value=value, label=spec.label)
     return gr.Checkbox(value=value, label=spec.label)

@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from itertools import groupby
 
-from ..app.editing import prepare_source
+from ..app.editing import control_images, controlled, prepare_source
 from ..app.runtime import default_device, error_line, load_pipeline, resolve_dtype
 from ..app.settings import EditSettings, RuntimeSettings, add_arguments
 from ..flow import FLOW_METHODS, estimate_flow
@@ -126,6 +126,7 @@ class PreparedVideo:
     inversion: object  # flatten_video.FlattenInversion
     flows: tuple
     timings: dict
+    controls: list | None = None  # the condition maps of the --control options
 
 
 def prepare_video(pipe, item: Item, settings: EditSettings, device: str, generator) -> PreparedVideo:
@@ -138,17 +139,19 @@ def prepare_video(pipe, item: Item, settings: EditSettings, device: str, generat
         # of the video, so they are computed here once (backward = forward of the reversed clip).
         options = dict(method=settings.flow, device=device, progress=False)
         flows = (estimate_flow(clip.frames, **options), estimate_flow(clip.frames.flip(0), **options).flip(0))
-    inversion = pipe.invert_video(
-        clip.frames, generator=generator, flows=flows[0], **settings.pipeline_kwargs(for_inversion=True)
-    )
-    return PreparedVideo(clip, inversion, flows, {**timings, **inversion.timings})
+    controls = control_images(clip, settings) if settings.control else None
+    with controlled(pipe, controls, settings):
+        inversion = pipe.invert_video(
+            clip.frames, generator=generator, flows=flows[0], **settings.pipeline_kwargs(for_inversion=True)
+        )
+    return PreparedVideo(clip, inversion, flows, {**timings, **inversion.timings}, controls)
 
 
 def run_item(pipe, video: PreparedVideo, item: Item, args, settings: EditSettings, record_settings: dict,
              out: pathlib.Path, device: str, generator) -> dict:
     """Sample, decode, write and score one edit; its JSON is written last, marking it finished."""
     timings: dict[str, float] = {}
-    with timed(timings, "sample", device):
+    with timed(timings, "sample", device), controlled(pipe, video.controls, settings):
         latents = pipe.sample(
             video.inversion, item.prompt, settings.negative_prompt, guidance_scale=settings.guidance, generator=generator
         )
@@ -196,7 +199,8 @@ def run_items(items: list[Item], args, settings: EditSettings, record_settings: 
             raise BenchError(message) from error
 
     runtime = RuntimeSettings.from_namespace(args)
-    pipe = load_pipeline(runtime.model, device, resolve_dtype(runtime.dtype, device), runtime.lora, runtime.lora_scale)
+    pipe = load_pipeline(runtime.model, device, resolve_dtype(runtime.dtype, device), runtime.lora, runtime.lora_scale,
+                         settings.controls)
     pipe.set_progress_bar_config(disable=True)  # one bar over items instead of one per denoising loop
     with tqdm(total=len(items), desc=f"bench [{rank}]" if rank else "bench", unit="edit", position=rank) as bar:
         for _, group in groupby(items, key=lambda i: (i.subset, i.video)):

@@ -10,6 +10,8 @@ from ..validation import check_at_least, check_choice
 from ..windows import check_windows
 
 if TYPE_CHECKING:
+    import torch
+
     from ..trajectories import Trajectories
     from .features import FeatureStore
 
@@ -88,6 +90,10 @@ class FlattenContext:
         trajectories: the trajectories of every latent grid (h, w) where flow-guided attention
             runs; grids without an entry get no flow-guided attention.
         features: the feature store that captures or injects features, or None.
+        frames: (K,) the clip frames the batch holds, in order, when it holds a window of a long
+            clip; None when it holds the whole clip.
+        phase: ``"inversion"`` or ``"sampling"`` while a pipeline runs one, for plug-ins whose
+            behaviour differs between them (a ControlNet during inversion).
     """
 
     num_frames: int = 1
@@ -95,6 +101,8 @@ class FlattenContext:
     variant: str = "II"
     trajectories: dict[tuple[int, int], "Trajectories"] = field(default_factory=dict)
     features: "FeatureStore | None" = None
+    frames: "torch.Tensor | None" = None
+    phase: str = ""
 
     def __post_init__(self) -> None:
         FlattenConfig(self.attention_mode, self.variant)  # one owner for both names' rules

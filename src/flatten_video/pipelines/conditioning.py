@@ -21,10 +21,13 @@ class Conditioning:
         encoder_hidden_states: (B, L, D) text embeddings.
         added_cond_kwargs: extra conditions diffusers' U-Net takes by name (SDXL: ``text_embeds``
             (B, D'), ``time_ids`` (B, 6)); each tensor has one row per video.
+        control_scale: (B,) how much a ControlNet steers each row (None: fully); 0 for a source
+            row whose inversion ran without one.
     """
 
     encoder_hidden_states: torch.Tensor
     added_cond_kwargs: dict[str, torch.Tensor] = field(default_factory=dict)
+    control_scale: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:
@@ -33,10 +36,20 @@ class Conditioning:
     @classmethod
     def cat(cls, parts: list["Conditioning"]) -> "Conditioning":
         """The rows of ``parts``, in order."""
+        scales = None
+        if any(p.control_scale is not None for p in parts):
+            scales = torch.cat([p.row_control_scale() for p in parts])
         return cls(
             torch.cat([p.encoder_hidden_states for p in parts]),
             {key: torch.cat([p.added_cond_kwargs[key] for p in parts]) for key in parts[0].added_cond_kwargs},
+            scales,
         )
+
+    def row_control_scale(self) -> torch.Tensor:
+        """(B,) ControlNet share of every row (ones where unset)."""
+        if self.control_scale is not None:
+            return self.control_scale
+        return torch.ones(self.num_rows, device=self.encoder_hidden_states.device)
 
     def unet_kwargs(self, frames: int) -> dict:
         """Keyword arguments of ``unet(sample, t, ...)`` for a batch with ``frames`` per row."""

@@ -37,6 +37,9 @@ class FlattenInversion:
         source_latents: timestep -> (1, C, F, h, w) latent inversion fed the U-Net at each
             injected timestep. Always kept (about 1 MB a step at 512x512): recompute mode
             recomputes the features from them, and they let :meth:`save` write any inversion.
+        init: how z_T was made: ``"inversion"`` (DDIM inversion of the source), or for
+            ControlVideo-style editing ``"noise"`` (one seeded noise for every frame) or
+            ``"trajectory-noise"`` (one noise per trajectory), with nothing injected.
         timings: seconds spent on each stage that made it (``flow``, ``trajectories``,
             ``encode``, ``invert``), for reports; not saved.
     """
@@ -50,6 +53,7 @@ class FlattenInversion:
     feature_mode: str
     features: FeatureStore | None = None
     source_latents: dict[int, torch.Tensor] = field(default_factory=dict)
+    init: str = "inversion"
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -100,6 +104,7 @@ class FlattenInversion:
             "num_inference_steps": str(self.num_inference_steps),
             "num_inversion_steps": str(self.num_inversion_steps),
             "injected_timesteps": json.dumps(self.injected_timesteps),
+            "init": self.init,
         }
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,4 +145,5 @@ class FlattenInversion:
             injected_timesteps=injected,
             feature_mode="recompute",
             source_latents=source_latents,
+            init=metadata.get("init", "inversion"),
         )

@@ -35,6 +35,10 @@ from .windowing import WindowRun, denoise, plan_runs, process_share
 
 logger = logging.getLogger(__name__)
 
+#: How the edit's starting latent is made: DDIM inversion of the source (the paper), or
+#: ControlVideo's noise, the same for every frame or the same along every trajectory.
+INITS = ("inversion", "noise", "trajectory-noise")
+
 #: The paper's schedule (DESIGN.md 1.5-1.7), used where neither the caller nor an inversion sets it.
 DEFAULT_STEPS = dict(num_inference_steps=50, num_inversion_steps=100, inject_steps=40)
 
@@ -70,6 +74,11 @@ class FlattenMixin:
     def _conditioning(self, prompt: str, latents: torch.Tensor) -> Conditioning:
         return self.encode_conditioning(prompt, latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor)
 
+    def _source_conditioning(self, latents: torch.Tensor) -> Conditioning:
+        """The row of the source video: inversion's, and recompute mode's during sampling, which
+        must see what inversion saw (the empty prompt)."""
+        return self._conditioning("", latents)
+
     @contextmanager
     def _vae_precision(self):
         """The VAE's dtype for encoding and decoding: float32 inside the block when it must be upcast."""
@@ -92,6 +101,7 @@ class FlattenMixin:
         num_frames: int,
         trajectories: dict[tuple[int, int], Trajectories],
         features: FeatureStore | None = None,
+        phase: str = "",
     ):
         """FLATTEN on the U-Net inside the block, the stock U-Net after it (also on error).
 
@@ -100,6 +110,7 @@ class FlattenMixin:
         device = self._execution_device
         trajectories = {grid: t.to(device) for grid, t in trajectories.items()}
         context = FlattenContext.from_config(config, num_frames, trajectories, features)
+        context.phase = phase
         with flatten_installed(self.unet, context, self._injection_spec_or_none()):
             self.flatten = context
             try:
@@ -130,8 +141,13 @@ class FlattenMixin:
         feature_memory_budget: int | None = None,
         flow_method: str | None = None,
         output_type: str | None = None,
+        init: str | None = None,
     ) -> None:
         """Raise ``ValueError`` on inputs that cannot work, before anything runs; checks what is given."""
+        if init is not None:
+            check_choice("init", init, INITS)
+            if init != "inversion":  # nothing is inverted or injected
+                num_inversion_steps = inject_steps = None
         if feature_mode is not None:
             check_choice("feature mode", feature_mode, FEATURE_MODES)
         if feature_memory_budget is not None and (not isinstance(feature_memory_budget, int) or feature_memory_budget < 0):
@@ -240,10 +256,16 @@ class FlattenMixin:
         the U-Net's batch, which FLATTEN's processors and norms unfold per video.
         """
         videos, _, frames = latents.shape[:3]
-        noise = self.unet(
-            fold_frames(latents).to(self.unet.dtype), timestep, **conditioning.unet_kwargs(frames)
-        ).sample
+        sample = fold_frames(latents).to(self.unet.dtype)
+        kwargs = conditioning.unet_kwargs(frames)
+        kwargs.update(self.extra_unet_kwargs(sample, timestep, conditioning, frames))
+        noise = self.unet(sample, timestep, **kwargs).sample
         return unfold_frames(noise, videos).to(latents.dtype)
+
+    def extra_unet_kwargs(self, sample: torch.Tensor, timestep: int, conditioning: Conditioning, frames: int) -> dict:
+        """More keyword arguments of the U-Net call for a folded batch ``sample`` (B*F, C, h, w):
+        a plug-in's (ControlNet residuals); none here."""
+        return {}
 
     # -- inversion ------------------------------------------------------------------------------
 
@@ -324,10 +346,10 @@ class FlattenMixin:
             feature_mode=feature_mode,
             features=store,
         )
-        empty = self._conditioning("", latents)
+        empty = self._source_conditioning(latents)
         latents = latents.to(self._execution_device)
         runs = plan_runs(config, latents.shape[2], trajectories, self._execution_device)
-        with self.flatten_enabled(config, latents.shape[2], trajectories, store) as context:
+        with self.flatten_enabled(config, latents.shape[2], trajectories, store, phase="inversion") as context:
             share = len(process_share(runs)[0])
             with self._progress((len(timesteps) - 1) * share, "DDIM inversion", share) as bar:
                 for t in timesteps[:-1]:
@@ -410,11 +432,14 @@ class FlattenMixin:
         trajectories: dict[tuple[int, int], Trajectories] | None = None,
         latents: torch.Tensor | None = None,
         flows: torch.Tensor | None = None,
+        init: str = "inversion",
     ) -> FlattenInversion:
         """Everything before sampling: flow, trajectories, VAE encoding and inversion.
 
         Arguments as in the pipeline's ``__call__``; ``flows`` (F-1, 2, H, W) are the source's
-        forward flows when already estimated. The result can be edited with many prompts
+        forward flows when already estimated. ``init="noise"`` or ``"trajectory-noise"`` makes
+        the start ControlVideo's way instead (:data:`INITS`): seeded noise, no inversion, nothing
+        injected, so ``num_inversion_steps`` and ``inject_steps`` do not apply. The result can be edited with many prompts
         (``pipe(inversion=..., prompt=...)`` or :meth:`sample`) and saved with
         :meth:`FlattenInversion.save`.
         """
@@ -423,26 +448,30 @@ class FlattenMixin:
         self.check_inputs(
             frames, config=config, num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps,
             inject_steps=inject_steps, feature_mode=feature_mode, feature_memory_budget=feature_memory_budget,
-            flow_method=flow_method,
+            flow_method=flow_method, init=init,
         )
         return self._invert_video(
             frames, config, num_inference_steps, num_inversion_steps, inject_steps, generator, flow_method,
-            feature_mode, feature_dtype, feature_memory_budget, trajectories, latents, flows,
+            feature_mode, feature_dtype, feature_memory_budget, trajectories, latents, flows, init,
         )
 
     def _invert_video(
         self, frames, config, num_inference_steps, num_inversion_steps, inject_steps, generator, flow_method,
-        feature_mode, feature_dtype, feature_memory_budget, trajectories, latents, flows,
+        feature_mode, feature_dtype, feature_memory_budget, trajectories, latents, flows, init="inversion",
     ) -> FlattenInversion:
         timings, device = {}, self._execution_device
         if trajectories is None:
             trajectories = {}
-            if config.flow_guided:
+            if config.flow_guided or init == "trajectory-noise":
                 if flows is None:
                     with timed(timings, "flow", device):
                         flows = estimate_flow(frames, flow_method, device=device)
+                levels = tuple(sorted(set(config.levels) | {0})) if init == "trajectory-noise" else config.levels
                 with timed(timings, "trajectories", device):
-                    trajectories = self.prepare_trajectories(frames, flatten_levels=config.levels, generator=generator, flows=flows)
+                    trajectories = self.prepare_trajectories(frames, flatten_levels=levels, generator=generator, flows=flows)
+        if init != "inversion":
+            with timed(timings, "noise", device):
+                return self._noise_start(frames, config, trajectories, num_inference_steps, init, generator, timings)
         if latents is None:
             with timed(timings, "encode", device):
                 latents = self.encode_video(frames, generator)
@@ -453,6 +482,25 @@ class FlattenMixin:
             )
         inversion.timings = timings
         return inversion
+
+    def _noise_start(self, frames, config, trajectories, num_inference_steps, init, generator, timings) -> FlattenInversion:
+        """ControlVideo's start: noise shared by every frame, or along every trajectory; (1, C, F, h, w)."""
+        count, h, w = len(frames), frames.shape[-2] // self.vae_scale_factor, frames.shape[-1] // self.vae_scale_factor
+        channels = self.unet.config.in_channels
+        if init == "noise":
+            noise = torch.randn(1, channels, 1, h, w, generator=generator).expand(-1, -1, count, -1, -1)
+        else:
+            labels = trajectories[(h, w)].labels.cpu()
+            per_trajectory = torch.randn(int(labels.max()) + 1, channels, generator=generator)
+            noise = per_trajectory[labels].permute(3, 0, 1, 2).unsqueeze(0)  # (1, C, F, h, w)
+        latents = (noise * self.scheduler.init_noise_sigma).to(self._execution_device, self.unet.dtype).contiguous()
+        # Flow-guided attention only needs the grids of the config's levels.
+        grids = set(self.latent_grids(*frames.shape[-2:], config.levels)) if config.flow_guided else set()
+        return FlattenInversion(
+            latents=latents, trajectories={g: t for g, t in trajectories.items() if g in grids}, config=config,
+            num_inference_steps=num_inference_steps, num_inversion_steps=0, injected_timesteps=[],
+            feature_mode="stored", init=init, timings=timings,
+        )
 
     # -- sampling ---------------------------------------------------------------------------------
 
@@ -487,12 +535,12 @@ class FlattenMixin:
         if guided:
             rows = Conditioning.cat([self._conditioning(negative_prompt, latents), rows])
         recompute = inversion.feature_mode == "recompute" and bool(inversion.injected_timesteps)
-        source_row = self._conditioning("", latents) if recompute else None
+        source_row = self._source_conditioning(latents) if recompute else None
         store = FeatureStore() if recompute else inversion.features
 
         runs = plan_runs(inversion.config, inversion.num_frames, inversion.trajectories, self._execution_device)
         self.scheduler.set_timesteps(inversion.num_inference_steps)
-        with self.flatten_enabled(inversion.config, inversion.num_frames, inversion.trajectories, store) as context:
+        with self.flatten_enabled(inversion.config, inversion.num_frames, inversion.trajectories, store, phase="sampling") as context:
             share = len(process_share(runs)[0])
             with self._progress(len(self.scheduler.timesteps) * share, "Sampling", share) as bar:
                 for i, t in enumerate(self.scheduler.timesteps):
@@ -605,6 +653,7 @@ class FlattenMixin:
         trajectories: dict[tuple[int, int], Trajectories] | None = None,
         latents: torch.Tensor | None = None,
         inversion: FlattenInversion | None = None,
+        init: str = "inversion",
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -638,6 +687,9 @@ class FlattenMixin:
             inversion: a source already inverted (:meth:`invert_video`, :meth:`FlattenInversion.load`);
                 skips everything before sampling, and ``video`` may then be None. Asking it for
                 another schedule or attention than it was made with is an error.
+            init: ``"inversion"`` (the paper), or ControlVideo's start (``"noise"``: one seeded
+                noise for every frame; ``"trajectory-noise"``: one per trajectory), with no inversion
+                and nothing injected; ControlVideo pairs it with a ControlNet and guidance 12.5.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
 
         Returns:
@@ -646,7 +698,8 @@ class FlattenMixin:
         check_choice("output_type", output_type, OUTPUT_TYPES)
         config, steps = self.resolve_edit(
             inversion, attention_mode=attention_mode, flatten_variant=flatten_variant, flatten_levels=flatten_levels,
-            window=window, overlap=overlap, anchors=anchors, num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps, inject_steps=inject_steps,
+            window=window, overlap=overlap, anchors=anchors, num_inference_steps=num_inference_steps,
+            num_inversion_steps=num_inversion_steps, inject_steps=inject_steps,
         )
         if inversion is None:
             if video is None:
@@ -654,11 +707,11 @@ class FlattenMixin:
             frames = frames_to_tensor(video)
             self.check_inputs(
                 frames, config=config, **steps, feature_mode=feature_mode, feature_memory_budget=feature_memory_budget,
-                flow_method=flow_method,
+                flow_method=flow_method, init=init,
             )
             inversion = self._invert_video(
                 frames, config, steps["num_inference_steps"], steps["num_inversion_steps"], steps["inject_steps"],
-                generator, flow_method, feature_mode, feature_dtype, feature_memory_budget, trajectories, latents, None,
+                generator, flow_method, feature_mode, feature_dtype, feature_memory_budget, trajectories, latents, None, init,
             )
         edited = self.sample(
             inversion, prompt, negative_prompt, guidance_scale=guidance_scale, eta=eta, generator=generator,

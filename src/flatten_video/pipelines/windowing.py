@@ -102,7 +102,7 @@ def denoise(
     mine, reduce = process_share(runs)
     if runs[0].whole:  # the exact method: the clip is its own window, nothing to cut or mix
         run = runs[0]
-        context.num_frames, context.trajectories = latents.shape[2], run.trajectories
+        context.num_frames, context.trajectories, context.frames = latents.shape[2], run.trajectories, None
         with scope(run, latents.shape[2]):
             noise = predict(latents, timestep, conditioning)
         on_window()
@@ -110,7 +110,7 @@ def denoise(
     noise = torch.zeros_like(latents)
     for run in mine:
         rows = len(run.inputs)
-        context.num_frames, context.trajectories = rows, run.trajectories
+        context.num_frames, context.trajectories, context.frames = rows, run.trajectories, run.inputs
         with scope(run, rows):
             window = predict(latents.index_select(2, run.inputs), timestep, conditioning)
         noise.index_add_(2, run.frames, window[:, :, : len(run.frames)] * run.weights.to(window.dtype))

@@ -1,0 +1,206 @@
+"""ControlNets inside FLATTEN's edit (DESIGN.md 5): condition maps per frame steer every row of
+the U-Net batch through the residuals a diffusers ``ControlNetModel`` (or several) computes.
+
+:class:`ControlNetMixin` adds the ControlNet to a FLATTEN pipeline through the U-Net seam
+(:meth:`FlattenMixin.extra_unet_kwargs`): frames are folded into the ControlNet's batch like the
+U-Net's, so a window of a long clip takes its own frames' maps. Diffusers' knobs keep their
+meaning: ``controlnet_conditioning_scale``, ``control_guidance_start`` / ``control_guidance_end``
+(fractions of the sampling steps), ``guess_mode``. Inversion runs without it unless
+``control_inversion``; the source row of recompute mode then runs without it too, so it gives
+back the features inversion recorded.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+from .conditioning import Conditioning
+from .pipeline_flatten import FlattenPipeline
+from .pipeline_flatten_xl import FlattenSDXLPipeline
+
+
+@dataclass
+class ControlState:
+    """What the ControlNet does during one call.
+
+    Attributes:
+        images: one (F, 3, H, W) map tensor in [0, 1] per ControlNet, on the device.
+        scales: the residuals' weight, one per ControlNet.
+        sampling_timesteps: the sampling timesteps inside the guidance window.
+        guess_mode: diffusers' guess mode (the ControlNet sees no prompt).
+        inversion: whether inversion runs with the ControlNet too.
+    """
+
+    images: list[torch.Tensor]
+    scales: list[float]
+    sampling_timesteps: set[int]
+    guess_mode: bool
+    inversion: bool
+
+
+def check_controlnet(unet, controlnet) -> None:
+    """A ControlNet must read the U-Net's text embedding: one clear line when it cannot."""
+    nets = controlnet.nets if isinstance(controlnet, MultiControlNetModel) else [controlnet]
+    for net in nets:
+        if net.config.cross_attention_dim != unet.config.cross_attention_dim:
+            raise ValueError(
+                f"this ControlNet was made for another model family: it reads text embeddings of width "
+                f"{net.config.cross_attention_dim}, the U-Net gives {unet.config.cross_attention_dim}"
+            )
+
+
+class ControlNetMixin:
+    """A ControlNet (``self.controlnet``, one or a ``MultiControlNetModel``) in a FLATTEN pipeline."""
+
+    _control: ControlState | None = None
+
+    @contextmanager
+    def control_enabled(
+        self,
+        control_image,
+        *,
+        num_inference_steps: int,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
+        guess_mode: bool = False,
+        control_inversion: bool = False,
+    ):
+        """The ControlNet on for the calls inside the block (inversion and sampling).
+
+        Args:
+            control_image: the maps, (F, 3, H, W) in [0, 1], one tensor per ControlNet (a list
+                for several); F and the frame size are the source video's.
+            num_inference_steps: the sampling steps the guidance window is a fraction of.
+        """
+        images = control_image if isinstance(control_image, (list, tuple)) else [control_image]
+        count = len(self.controlnet.nets) if isinstance(self.controlnet, MultiControlNetModel) else 1
+        if len(images) != count:
+            raise ValueError(f"{len(images)} condition video(s) for {count} ControlNet(s)")
+        scales = controlnet_conditioning_scale
+        scales = list(scales) if isinstance(scales, (list, tuple)) else [scales] * count
+        if not 0.0 <= control_guidance_start <= control_guidance_end <= 1.0:
+            raise ValueError(
+                "control_guidance_start and control_guidance_end must satisfy 0 <= start <= end <= 1, "
+                f"got {control_guidance_start} and {control_guidance_end}"
+            )
+        self.scheduler.set_timesteps(num_inference_steps)
+        timesteps = [int(t) for t in self.scheduler.timesteps]
+        # diffusers' rule: step i is controlled when i/N >= start and (i+1)/N <= end.
+        kept = {t for i, t in enumerate(timesteps)
+                if i / len(timesteps) >= control_guidance_start and (i + 1) / len(timesteps) <= control_guidance_end}
+        device = self._execution_device
+        self._control = ControlState(
+            [image.to(device, self.controlnet.dtype) for image in images], scales, kept, guess_mode, control_inversion
+        )
+        try:
+            yield self._control
+        finally:
+            self._control = None
+
+    def _source_conditioning(self, latents: torch.Tensor) -> Conditioning:
+        rows = super()._source_conditioning(latents)
+        if self._control is not None and not self._control.inversion:
+            rows.control_scale = torch.zeros(rows.num_rows, device=rows.encoder_hidden_states.device)
+        return rows
+
+    def extra_unet_kwargs(self, sample: torch.Tensor, timestep: int, conditioning: Conditioning, frames: int) -> dict:
+        """ControlNet residuals for the folded batch, weighted per row; none when it is off."""
+        state, context = self._control, self.flatten
+        if state is None or context is None:
+            return {}
+        active = state.inversion if context.phase == "inversion" else timestep in state.sampling_timesteps
+        rows = conditioning.row_control_scale()
+        if not active or not bool(rows.any()):
+            return {}
+        videos = sample.shape[0] // frames
+        pick = context.frames
+        images = [image if pick is None else image.index_select(0, pick.to(image.device)) for image in state.images]
+        images = [image.repeat(videos, 1, 1, 1) for image in images]
+        kwargs = conditioning.unet_kwargs(frames)
+        down, mid = self.controlnet(
+            sample.to(self.controlnet.dtype),
+            timestep,
+            encoder_hidden_states=kwargs["encoder_hidden_states"].to(self.controlnet.dtype),
+            controlnet_cond=images if isinstance(self.controlnet, MultiControlNetModel) else images[0],
+            conditioning_scale=state.scales if isinstance(self.controlnet, MultiControlNetModel) else state.scales[0],
+            guess_mode=state.guess_mode,
+            added_cond_kwargs=kwargs.get("added_cond_kwargs"),
+            return_dict=False,
+        )
+        weight = rows.to(sample.dtype).repeat_interleave(frames).view(-1, 1, 1, 1)
+        return dict(
+            down_block_additional_residuals=[residual.to(sample.dtype) * weight for residual in down],
+            mid_block_additional_residual=mid.to(sample.dtype) * weight,
+        )
+
+    def __call__(
+        self,
+        video=None,
+        prompt: str = "",
+        negative_prompt: str = "",
+        *,
+        control_image=None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
+        guess_mode: bool = False,
+        control_inversion: bool = False,
+        **kwargs,
+    ):
+        """The FLATTEN edit (:meth:`FlattenMixin.__call__`, same arguments) steered by the ControlNet.
+
+        Args:
+            control_image: condition maps of the source frames, (F, 3, H, W) in [0, 1] (see
+                :mod:`flatten_video.control_maps`), one per ControlNet (a list for several).
+            controlnet_conditioning_scale: weight of the residuals (0: exactly no ControlNet).
+            control_guidance_start, control_guidance_end: the fraction of sampling steps it steers.
+            guess_mode: diffusers' guess mode.
+            control_inversion: steer inversion too (default: sampling only).
+        """
+        if control_image is None:
+            if self._control is not None:  # enabled by the caller around this call (control_enabled)
+                return super().__call__(video, prompt, negative_prompt, **kwargs)
+            raise ValueError("give control_image: the condition maps of the source frames")
+        steps = kwargs.get("num_inference_steps") or (kwargs["inversion"].num_inference_steps if kwargs.get("inversion") else 50)
+        with self.control_enabled(
+            control_image, num_inference_steps=steps, controlnet_conditioning_scale=controlnet_conditioning_scale,
+            control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,
+            guess_mode=guess_mode, control_inversion=control_inversion,
+        ):
+            return super().__call__(video, prompt, negative_prompt, **kwargs)
+
+
+class FlattenControlNetPipeline(ControlNetMixin, FlattenPipeline):
+    """:class:`FlattenPipeline` (SD 1.x/2.x) with ControlNets: ``FlattenControlNetPipeline.from_pretrained(
+    model, controlnet=ControlNetModel.from_pretrained(...))`` or ``(**pipe.components, controlnet=...)``."""
+
+    model_cpu_offload_seq = "text_encoder->unet->controlnet->vae"
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, inverse_scheduler):
+        super().__init__(vae, text_encoder, tokenizer, unet, scheduler, inverse_scheduler)
+        if isinstance(controlnet, (list, tuple)):
+            controlnet = MultiControlNetModel(controlnet)
+        check_controlnet(unet, controlnet)
+        self.register_modules(controlnet=controlnet)
+
+
+class FlattenSDXLControlNetPipeline(ControlNetMixin, FlattenSDXLPipeline):
+    """:class:`FlattenSDXLPipeline` with SDXL ControlNets."""
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->controlnet->vae"
+
+    def __init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, controlnet, scheduler,
+                 inverse_scheduler, force_zeros_for_empty_prompt: bool = True):
+        super().__init__(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, inverse_scheduler,
+                         force_zeros_for_empty_prompt)
+        if isinstance(controlnet, (list, tuple)):
+            controlnet = MultiControlNetModel(controlnet)
+        check_controlnet(unet, controlnet)
+        self.register_modules(controlnet=controlnet)
+
+
