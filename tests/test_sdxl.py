@@ -3,9 +3,9 @@ the command line."""
 
 from __future__ import annotations
 
-
 import av
 import pytest
+import torch
 
 from conftest import moving_texture
 from flatten_video import FlattenPipeline, FlattenSDXLPipeline, InjectionSpec, cli
@@ -63,3 +63,44 @@ def test_the_command_line_edits_with_an_sdxl_checkpoint(tiny_sdxl_path, tmp_path
     with av.open(str(output)) as container:
         stream = container.streams.video[0]
         assert (stream.width, stream.height, sum(1 for _ in container.decode(stream))) == (96, 64, 3)
+
+
+# ----------------------------------------------------------------------------- single-file checkpoints
+
+
+def test_single_file_checkpoints_are_read_by_family_and_pickles_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from flatten_video.app.runtime import model_family
+    from flatten_video.pipelines import ModelLoadError
+    from flatten_video.pipelines.loading import single_file_family
+
+    v2_key = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+    files = {
+        "sd15": {v2_key: torch.zeros(2, 768)},
+        "sd21": {v2_key: torch.zeros(2, 1024)},
+        "sdxl": {"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)},
+    }
+    for family, tensors in files.items():
+        path = tmp_path / f"{family}.safetensors"
+        save_file(tensors, path)
+        assert single_file_family(path) == family == model_family(str(path))
+    assert pipeline_class(str(tmp_path / "sdxl.safetensors")) is FlattenSDXLPipeline
+    (tmp_path / "old.ckpt").write_bytes(b"not read")
+    with pytest.raises(ModelLoadError, match="only .safetensors single-file checkpoints are read"):
+        single_file_family(tmp_path / "old.ckpt")
+
+
+def test_a_single_file_without_its_base_config_offline_is_one_line_naming_it(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "my-finetune.safetensors"
+    save_file({"model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(2, 768)}, checkpoint)
+    source = tmp_path / "walk.mp4"
+    write_video(moving_texture(frames=4, height=64, width=64, shift=4), source, fps=8)
+    argv = ["edit", str(source), "--prompt", "a cat", "--model", str(checkpoint), "--frames", "3", "--width", "64",
+            "--height", "64", "--flow", "dis", "--device", "cpu", "--output", str(tmp_path / "edit.mp4")]
+    assert cli.main(argv) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flatten-video:")]
+    assert len(err) == 1 and "needs the configs of its base model stable-diffusion-v1-5/stable-diffusion-v1-5" in err[0]
+    assert "--model-config" in err[0] and not (tmp_path / "edit.mp4").exists()

@@ -54,7 +54,7 @@ def run_edit(args: argparse.Namespace) -> int:
         state = PartialState(cpu=device == "cpu")
         device, main_process = str(state.device), state.is_main_process
     pipe = load_pipeline(runtime.model, device, resolve_dtype(runtime.dtype, device), runtime.lora, runtime.lora_scale,
-                         settings.controls)
+                         settings.controls, runtime.model_config)
     if not main_process:
         pipe.set_progress_bar_config(disable=True)
     written = edit_video(pipe, args.video, output, settings, clip=clip, cache_dir=args.cache_dir, write=main_process,

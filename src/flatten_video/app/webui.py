@@ -53,13 +53,14 @@ class Editor:
         cache_dir: where inversions are kept, so that a new prompt on the same clip and settings
             skips flow and inversion (default: ``<output_dir>/inversions``; False: no cache).
         loras, lora_scale: LoRA weights to apply to ``model``, and their weight.
+        model_config: for a single-file ``model``, its base model's configs (folder or hub id).
         pipeline: an already loaded pipeline to use instead of loading ``model``.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
                  output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR, cache_dir: str | os.PathLike | bool | None = None,
-                 loras=(), lora_scale: float = 1.0, pipeline=None):
-        self.model = model
+                 loras=(), lora_scale: float = 1.0, pipeline=None, model_config: str | None = None):
+        self.model, self.model_config = model, model_config
         self.loras, self.lora_scale = list(loras), lora_scale
         self.device = device or default_device()
         self.dtype = resolve_dtype(dtype, self.device)
@@ -76,7 +77,8 @@ class Editor:
     def pipeline(self):
         with self._lock:  # two first requests must not load the model twice
             if self._pipeline is None:
-                self._pipeline = load_pipeline(self.model, self.device, self.dtype, self.loras, self.lora_scale)
+                self._pipeline = load_pipeline(self.model, self.device, self.dtype, self.loras, self.lora_scale,
+                                               model_config=self.model_config)
             return self._pipeline
 
     def pipeline_for(self, controls: list[tuple[str, str | None]]):
@@ -225,7 +227,7 @@ def _gradio():
 
 def run_web(args: argparse.Namespace) -> int:
     editor = Editor(args.model, args.device, args.dtype, args.output_dir, False if args.no_cache else args.cache_dir,
-                    args.lora, args.lora_scale)
+                    args.lora, args.lora_scale, model_config=args.model_config)
     app = build_app(editor)
     print(f"flatten-video web UI on http://{args.host}:{args.port} (results in {editor.output_dir.absolute()})")
     app.launch(

@@ -200,7 +200,7 @@ def run_items(items: list[Item], args, settings: EditSettings, record_settings: 
 
     runtime = RuntimeSettings.from_namespace(args)
     pipe = load_pipeline(runtime.model, device, resolve_dtype(runtime.dtype, device), runtime.lora, runtime.lora_scale,
-                         settings.controls)
+                         settings.controls, runtime.model_config)
     pipe.set_progress_bar_config(disable=True)  # one bar over items instead of one per denoising loop
     with tqdm(total=len(items), desc=f"bench [{rank}]" if rank else "bench", unit="edit", position=rank) as bar:
         for _, group in groupby(items, key=lambda i: (i.subset, i.video)):

@@ -70,3 +70,74 @@ class LoraLoadingMixin:
             self.loras.append((str(source), float(scale)))
         if self.loras:
             self.set_adapters([f"lora{i}" for i in range(len(self.loras))], [weight for _, weight in self.loras])
+
+
+#: Hub id of the base model whose configs a single-file checkpoint of each family needs.
+SINGLE_FILE_BASES = {
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd21": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+
+
+def is_single_file(model: str | os.PathLike) -> bool:
+    """Whether ``model`` names one checkpoint file (as artists download them) rather than a folder or hub id."""
+    return pathlib.Path(model).suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def single_file_family(path: str | os.PathLike) -> str:
+    """``"sd15"``, ``"sd21"`` or ``"sdxl"``, read from the checkpoint's tensor names and shapes.
+
+    Raises:
+        ModelLoadError: not a safetensors file this project reads.
+    """
+    from safetensors import safe_open
+
+    from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES
+
+    path = pathlib.Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(
+            f"only .safetensors single-file checkpoints are read ({path.name} would be unpickled, which can run code): "
+            "convert it or download the model's .safetensors file"
+        )
+    try:
+        with safe_open(str(path), "pt") as file:
+            keys = set(file.keys())
+            v2 = CHECKPOINT_KEY_NAMES["v2"]
+            width = file.get_slice(v2).get_shape()[-1] if v2 in keys else None
+    except Exception as error:
+        raise ModelLoadError(f"could not read the checkpoint {path}: {_one_line(error)}") from error
+    if any(key.startswith("conditioner.embedders.1.") for key in keys):
+        return "sdxl"
+    return "sd21" if width == 1024 else "sd15"
+
+
+def load_single_file(pipeline_class, path: str | os.PathLike, config: str | None = None, **kwargs):
+    """A FLATTEN pipeline from one Stable Diffusion checkpoint file, through diffusers' ``from_single_file``.
+
+    Args:
+        pipeline_class: the FLATTEN pipeline to build (SD's or SDXL's, by :func:`single_file_family`).
+        config: the base model's diffusers folder or hub id (default: the family's, fetched from the
+            hub the first time; offline it must be cached).
+
+    Raises:
+        ModelLoadError: one line naming what to download when the base model's config is missing.
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    family = single_file_family(path)
+    base = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    config = config or SINGLE_FILE_BASES[family]
+    try:
+        loaded = base.from_single_file(str(path), config=config, **kwargs)
+    except Exception as error:  # diffusers raises several kinds when the config cannot be fetched
+        raise ModelLoadError(
+            f"could not load the single-file checkpoint {path}: it needs the configs of its base model {config} "
+            f"({family}); connect once so they are fetched and cached, or give --model-config with a local copy of "
+            f"{config} in diffusers layout (its config and tokenizer files suffice) ({_one_line(error)})"
+        ) from error
+    scheduler = DDIMScheduler.from_config(loaded.scheduler.config)
+    names = set(pipeline_class.__init__.__code__.co_varnames)
+    components = {name: module for name, module in loaded.components.items() if name in names and name != "scheduler"}
+    return pipeline_class(**components, scheduler=scheduler, inverse_scheduler=DDIMInverseScheduler.from_config(scheduler.config))
