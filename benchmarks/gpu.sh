@@ -7,6 +7,7 @@
 #    32 frames at 512x512, 100 inversion steps, 50 sampling steps with 40 injected, fp16;
 # 2. a sweep of one U-Net evaluation (a guidance batch): 8, 16, 32, 64 frames; fp16 vs bf16;
 #    SDPA backends flash / efficient / cuDNN where the GPU has them; DSTA vs DSTA + FLATTEN;
+#    torch.compile of the U-Net's blocks and channels-last;
 # 3. 128 frames edited in windows (DESIGN.md 4) against the 32-frame figure;
 # then a table of everything (summary.md) beside the JSON files. Budget: under 8 minutes on an H100.
 set -uo pipefail
@@ -36,6 +37,8 @@ run unet-f32-bf16 --unet-pass --frames 32 "${SIZE[@]}" --dtype bfloat16 --attent
 for backend in flash efficient cudnn; do
   run "unet-f32-$backend" --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --sdpa-backend "$backend"
 done
+run unet-f32-compile --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --compile
+run unet-f32-channels-last --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --channels-last
 run long-128 --frames 128 "${SIZE[@]}" --steps 10 --inversion-steps 20 --inject-steps 8 --dtype float16 --window 32
 run long-32 --frames 32 "${SIZE[@]}" --steps 10 --inversion-steps 20 --inject-steps 8 --dtype float16 --window 32
 

@@ -85,27 +85,37 @@ def text_encoder_bytes(spec: dict, dtype) -> int:
         return sum(p.numel() * torch.finfo(dtype).bits // 8 for p in CLIPTextModel(CLIPTextConfig(**spec["text_encoders"][0])).parameters())
 
 
-def check(spec: dict) -> None:
-    """The account against the measured peak, on real tensors on the CPU at small sizes."""
-    print("cross-check on the CPU (fp32, real tensors): account vs measured peak above the start")
-    for frames, size in ((2, 128), (4, 128), (2, 256)):
-        from diffusers import UNet2DConditionModel
+def check_one(spec: dict, frames: int, size: int) -> dict:
+    """One cross-check point, in a fresh process: the measured peak of the first U-Net call, then
+    the account of the same call."""
+    from diffusers import UNet2DConditionModel
 
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel.from_config(spec["unet"]).eval()
-        latent = size // 8
-        cells = sample_trajectories(smooth_flows(frames, size, size), (latent, latent), torch.Generator().manual_seed(0))
-        install_flatten(unet, FlattenContext(num_frames=frames, trajectories={(latent, latent): cells}))
-        sample, text = torch.randn(2 * frames, 4, latent, latent), torch.randn(2 * frames, 77, spec["unet"]["cross_attention_dim"])
-        with torch.no_grad():
-            unet(sample, 501, encoder_hidden_states=text)  # warm-up
-            with LiveBytes() as account:
-                unet(sample, 501, encoder_hidden_states=text)
-            with PeakMemory() as measured:
-                unet(sample, 501, encoder_hidden_states=text)
-        print(f"  2 x {frames} frames at {size}x{size}: account {account.peak / 2**20:8.1f} MiB, "
-              f"measured {measured.peak / 2**20:8.1f} MiB ({measured.peak / account.peak:.2f}x)")
-        del unet
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(spec["unet"]).eval()
+    latent = size // 8
+    cells = sample_trajectories(smooth_flows(frames, size, size), (latent, latent), torch.Generator().manual_seed(0))
+    install_flatten(unet, FlattenContext(num_frames=frames, trajectories={(latent, latent): cells}))
+    sample, text = torch.randn(2 * frames, 4, latent, latent), torch.randn(2 * frames, 77, spec["unet"]["cross_attention_dim"])
+    with torch.no_grad():
+        with PeakMemory() as measured:
+            unet(sample, 501, encoder_hidden_states=text)
+        with LiveBytes() as account:
+            unet(sample, 501, encoder_hidden_states=text)
+    return dict(measured=measured.peak, account=account.peak)
+
+
+def check(arch: str) -> None:
+    """The account against the measured peak, on real tensors on the CPU at small sizes."""
+    import subprocess
+    import sys
+
+    print("cross-check on the CPU (fp32, real tensors, a fresh process each): account vs measured peak above the start")
+    for frames, size in ((2, 128), (4, 128), (2, 256), (4, 256)):
+        child = subprocess.run([sys.executable, __file__, "--arch", arch, "--check-one", str(frames), str(size)],
+                               capture_output=True, text=True, check=True)
+        r = json.loads(child.stdout.strip().splitlines()[-1])
+        print(f"  2 x {frames} frames at {size}x{size}: account {r['account'] / 2**20:8.1f} MiB, "
+              f"measured {r['measured'] / 2**20:8.1f} MiB ({r['measured'] / r['account']:.2f}x)", flush=True)
 
 
 def main() -> None:
@@ -114,12 +124,16 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--check", action="store_true", help="cross-check the account against the CPU's measured peak")
+    parser.add_argument("--check-one", type=int, nargs=2, metavar=("FRAMES", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     spec = load_spec(args.arch)
+    if args.check_one:
+        print(json.dumps(check_one(spec, *args.check_one)))
+        return
     dtype = torch.float16
     print(f"machine: {machine()}")
     if args.check:
-        check(spec)
+        check(args.arch)
     print(f"{args.arch}, {args.frames} frames at {args.size}x{args.size}, fp16, accounted on the meta device")
     calls = {rows: unet_call(spec, args.frames, args.size, rows, dtype, "meta") for rows in (1, 2, 3)}
     decode = {chunk: vae_decode(spec, chunk, args.size, dtype) for chunk in (1, 2, 4, 8)}

@@ -117,8 +117,32 @@ def unet_pass(pipe: FlattenPipeline, args, mode: str, device: str, dtype) -> dic
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-    return dict(mode=mode, seconds=seconds, peak_bytes=memory.peak, attention_flops=flops.total,
-                attention_seconds=flops.seconds, attention_flops_per_second=flops.total / flops.seconds if flops.seconds else None)
+    result = dict(mode=mode, seconds=seconds, peak_bytes=memory.peak, attention_flops=flops.total,
+                  attention_seconds=flops.seconds, attention_flops_per_second=flops.total / flops.seconds if flops.seconds else None)
+    if args.controlnet:
+        result["controlnet_seconds"] = controlnet_pass(pipe, latents, conditioning, device)
+    return result
+
+
+def controlnet_pass(pipe, latents, conditioning, device: str) -> float:
+    """Seconds of one ControlNet evaluation (of the U-Net's layout, as diffusers builds one from it)
+    on the same folded batch: the cost a ControlNet adds to every steered U-Net call."""
+    from diffusers import ControlNetModel
+
+    from flatten_video.pipelines import fold_frames
+
+    net = ControlNetModel.from_unet(pipe.unet).to(device, pipe.unet.dtype).eval()
+    sample = fold_frames(latents)
+    frames = latents.shape[2]
+    images = torch.rand(sample.shape[0], 3, sample.shape[-2] * pipe.vae_scale_factor, sample.shape[-1] * pipe.vae_scale_factor,
+                        device=device, dtype=pipe.unet.dtype)
+    with torch.no_grad():
+        start = time.perf_counter()
+        net(sample, 501, encoder_hidden_states=conditioning.unet_kwargs(frames)["encoder_hidden_states"], controlnet_cond=images,
+            return_dict=False)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -153,6 +177,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="U-Net in channels-last memory format")
     parser.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload(): text encoder and VAE off the GPU while the U-Net runs")
     parser.add_argument("--unet-pass", action="store_true", help="time one U-Net evaluation of a guidance batch instead of a whole edit")
+    parser.add_argument("--controlnet", action="store_true", help="with --unet-pass: also time a ControlNet of the U-Net's layout on the same batch")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
@@ -182,6 +207,9 @@ def main() -> None:
                 rate = f"{r['attention_flops_per_second'] / 1e9:.1f}" if r["attention_flops_per_second"] else "-"
                 print(f"  {mode:>13}: {r['seconds']:8.2f} s, peak {r['peak_bytes'] / 2**30:6.2f} GiB, "
                       f"attention {r['attention_flops'] / 1e9:9.1f} GFLOP in {r['attention_seconds']:.2f} s ({rate} GFLOP/s)")
+                if "controlnet_seconds" in r:
+                    print(f"  {'':>13}  a ControlNet on the same batch: {r['controlnet_seconds']:.2f} s "
+                          f"({r['controlnet_seconds'] / r['seconds']:.2f}x the U-Net pass)")
         else:
             frames = panning_frames(args.frames, args.height, args.width)
             print(f"edit of {args.frames} frames at {args.width}x{args.height}: {args.inversion_steps} inversion steps, "

@@ -149,6 +149,7 @@ def controlled(pipe, images: list[torch.Tensor] | None, settings: EditSettings):
         images, num_inference_steps=settings.steps,
         controlnet_conditioning_scale=settings.control_scale, control_guidance_start=settings.control_start,
         control_guidance_end=settings.control_end, control_inversion=settings.control_inversion,
+        guess_mode=settings.guess_mode,
     )
 
 

@@ -193,6 +193,10 @@ class EditSettings:
         False, "steer the inversion with the ControlNet too (default: sampling only)", inversion=True,
         widget=Widget("checkbox", "ControlNet during inversion too", CONTROL),
     )
+    guess_mode: bool = option(
+        False, "ControlNet guess mode: it steers without reading the prompt (diffusers' guess_mode)", inversion=True,
+        widget=Widget("checkbox", "ControlNet guess mode", CONTROL),
+    )
     canny_low: int = option(100, "canny condition: lower hysteresis threshold (default: 100)", inversion=True, minimum=0)
     canny_high: int = option(200, "canny condition: upper hysteresis threshold (default: 200)", inversion=True, minimum=0)
     feature_mode: str = option(
