@@ -8,7 +8,8 @@
 # 2. a sweep of one U-Net evaluation (a guidance batch): 8, 16, 32, 64 frames; fp16 vs bf16;
 #    SDPA backends flash / efficient / cuDNN where the GPU has them; DSTA vs DSTA + FLATTEN;
 #    torch.compile of the U-Net's blocks and channels-last;
-# 3. 128 frames edited in windows (DESIGN.md 4) against the 32-frame figure;
+# 3. 128 frames edited in windows (DESIGN.md 4) against the 32-frame figure; an SDXL edit of 16
+#    frames at 1024x1024 (10 sampling steps: multiply the per-call time for 50);
 # then a table of everything (summary.md) beside the JSON files. Budget: under 8 minutes on an H100.
 set -uo pipefail
 OUT=$(realpath -m "${1:-./gpu-results}")
@@ -41,5 +42,6 @@ run unet-f32-compile --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --atte
 run unet-f32-channels-last --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --channels-last
 run long-128 --frames 128 "${SIZE[@]}" --steps 10 --inversion-steps 20 --inject-steps 8 --dtype float16 --window 32
 run long-32 --frames 32 "${SIZE[@]}" --steps 10 --inversion-steps 20 --inject-steps 8 --dtype float16 --window 32
+ARCH=sdxl run sdxl-16 --frames 16 --width 1024 --height 1024 --steps 10 --inversion-steps 20 --inject-steps 8 --dtype float16
 
 "$PY" summarize.py "$OUT" | tee "$OUT/summary.md"

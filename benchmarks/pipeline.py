@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import pathlib
-import sys
 import time
 
 import torch
@@ -43,20 +42,25 @@ def build(arch: str, device: str, dtype: torch.dtype) -> FlattenPipeline:
         pipe = FlattenPipeline.from_pretrained(TINY_SD)
         return pipe.to(device, dtype)
     from diffusers import AutoencoderKL, DDIMInverseScheduler, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from flatten_video import FlattenSDXLPipeline
 
     spec = json.loads((HERE / "configs" / f"{arch}.json").read_text())
-    if arch == "sdxl":
-        sys.exit("--arch sdxl needs the SDXL pipeline (FlattenSDXLPipeline), which this version does not have yet")
     torch.manual_seed(0)
     with torch.device(device):  # build on the device: a real-size U-Net in fp32 is 3.4 GB of host RAM otherwise
         unet = UNet2DConditionModel.from_config(spec["unet"]).to(dtype)
         vae = AutoencoderKL.from_config(spec["vae"]).to(dtype)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**spec["text_encoders"][0])).to(dtype)
+        encoders = [CLIPTextModel(CLIPTextConfig(**spec["text_encoders"][0])).to(dtype)]
+        if arch == "sdxl":
+            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**spec["text_encoders"][1])).to(dtype))
     # The tiny tokenizer's ids are valid for the real vocabulary; its words do not matter here.
     tokenizer = CLIPTokenizer.from_pretrained(TINY_SD / "tokenizer")
     scheduler = DDIMScheduler.from_config(spec["scheduler"])
-    return FlattenPipeline(vae, text_encoder, tokenizer, unet, scheduler, DDIMInverseScheduler.from_config(scheduler.config))
+    inverse = DDIMInverseScheduler.from_config(scheduler.config)
+    if arch == "sdxl":
+        return FlattenSDXLPipeline(vae, encoders[0], encoders[1], tokenizer, tokenizer, unet, scheduler, inverse)
+    return FlattenPipeline(vae, encoders[0], tokenizer, unet, scheduler, inverse)
 
 
 def panning_frames(frames: int, height: int, width: int, shift: int = 8) -> torch.Tensor:
@@ -107,8 +111,8 @@ def unet_pass(pipe: FlattenPipeline, args, mode: str, device: str, dtype) -> dic
     frames = panning_frames(args.frames, args.height, args.width)
     trajectories = pipe.prepare_trajectories(frames, flow_method="dis", progress=False) if mode in ("flatten", "dsta+flatten") else {}
     latents = torch.randn(2, 4, args.frames, h, w, device=device, dtype=dtype)
-    embeds = pipe.encode_prompt("a tiger")
-    conditioning = Conditioning(torch.cat([embeds, embeds]))
+    row = pipe.encode_conditioning("a tiger", args.height, args.width)
+    conditioning = Conditioning.cat([row, row])
     config = FlattenConfig(attention_mode=mode, window=0)
     with pipe.flatten_enabled(config, args.frames, trajectories), torch.no_grad():
         with PeakMemory(device) as memory, AttentionFlops(device) as flops:
