@@ -207,3 +207,21 @@ def test_bad_control_settings_are_one_line(source, tmp_path, capsys, extra, mess
     except SystemExit as exit:  # argparse's own choices
         status = exit.code
     assert status != 0 and message in capsys.readouterr().err
+
+
+def test_detectors_without_controlnet_aux_are_one_clear_line(monkeypatch):
+    import builtins
+
+    from flatten_video.control_maps import DetectorUnavailable, control_maps
+
+    real_import = builtins.__import__
+
+    def no_controlnet_aux(name, *args, **kwargs):
+        if name == "controlnet_aux":
+            raise ImportError("No module named 'controlnet_aux'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_controlnet_aux)
+    with pytest.raises(DetectorUnavailable, match="pip install controlnet-aux") as info:
+        control_maps(moving_texture(frames=2, height=64, width=64), "depth")
+    assert "\n" not in str(info.value)

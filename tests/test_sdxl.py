@@ -46,9 +46,20 @@ def test_sdxl_edits_with_injection_at_its_own_decoder_levels(sdxl_pipe):
     assert recorded == set(spec.resnets) | {f"{a}.to_{p}" for a in spec.attentions for p in "qk"}
     edited = sdxl_pipe(inversion=inversion, prompt="a cat", output_type="np").frames
     assert edited.shape == (3, 64, 96, 3)
-    plain = sdxl_pipe(inversion=inversion, prompt="a cat", output_type="latent").frames
-    dsta = sdxl_pipe(frames, "a cat", attention_mode="dsta", flow_method="dis", output_type="latent", **STEPS).frames
-    assert (plain - dsta).abs().max() > 1e-4  # FLATTEN changes the edit on SDXL too
+
+
+def test_flow_guided_attention_runs_at_sdxls_finest_attention_level(sdxl_pipe):
+    frames = moving_texture(frames=3, height=64, width=96)
+    assert sdxl_pipe.default_config().levels == (1,)  # SDXL's latent grid has no attention
+    inversion = sdxl_pipe.invert_video(frames, flow_method="dis", **STEPS)
+    assert set(inversion.trajectories) == {(4, 6)}  # half the 8x12 latent grid
+    options = dict(flow_method="dis", output_type="latent", feature_mode="recompute", **STEPS)
+    edits = {mode: sdxl_pipe(frames, "a cat", attention_mode=mode, generator=torch.Generator().manual_seed(0), **options).frames
+             for mode in ("dsta", "dsta+flatten")}
+    assert (edits["dsta+flatten"] - edits["dsta"]).abs().max() > 1e-4  # FLATTEN changes the edit on SDXL too
+    # On the latent grid, where SDXL has no attention, it would change nothing: the reason for the default.
+    grid = sdxl_pipe(frames, "a cat", flatten_levels=(0,), generator=torch.Generator().manual_seed(0), **options).frames
+    assert torch.equal(grid, edits["dsta"])
 
 
 def test_the_command_line_edits_with_an_sdxl_checkpoint(tiny_sdxl_path, tmp_path, capsys):

@@ -71,6 +71,13 @@ class FlattenMixin:
         """The conditioning of one U-Net row (a video) for ``prompt``, frames of ``height`` x ``width`` px."""
         raise NotImplementedError
 
+    def default_config(self) -> FlattenConfig:
+        """The paper's config, with flow-guided attention at this U-Net's highest-resolution level
+        that has attention: the latent grid for SD 1.x/2.x, half of it (1/16 of the image) for SDXL,
+        whose finest level has none."""
+        types = self.unet.config.down_block_types
+        return FlattenConfig(levels=(next((i for i, kind in enumerate(types) if "CrossAttn" in kind), 0),))
+
     def _conditioning(self, prompt: str, latents: torch.Tensor) -> Conditioning:
         return self.encode_conditioning(prompt, latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor)
 
@@ -203,15 +210,18 @@ class FlattenMixin:
         frames: torch.Tensor,
         *,
         flow_method: str = "raft",
-        flatten_levels: tuple[int, ...] = (0,),
+        flatten_levels: tuple[int, ...] | None = None,
         generator: torch.Generator | None = None,
         progress: bool = True,
         flows: torch.Tensor | None = None,
     ) -> dict[tuple[int, int], Trajectories]:
         """Optical flow of the source frames (F, 3, H, W) in [0, 1] and the trajectories of each grid.
 
-        ``flows``: the frames' forward flows (F-1, 2, H, W) when already estimated.
+        ``flows``: the frames' forward flows (F-1, 2, H, W) when already estimated;
+        ``flatten_levels``: default, the U-Net's finest level with attention (:meth:`default_config`).
         """
+        if flatten_levels is None:
+            flatten_levels = self.default_config().levels
         if flows is None:
             flows = estimate_flow(frames, flow_method, device=self._execution_device, progress=progress)
         seed = generator.initial_seed() if generator is not None else torch.initial_seed()
@@ -319,7 +329,7 @@ class FlattenMixin:
             feature_mode=feature_mode, feature_memory_budget=feature_memory_budget,
         )
         return self._invert(
-            latents, trajectories, config or FlattenConfig(), num_inversion_steps, num_inference_steps, inject_steps,
+            latents, trajectories, config or self.default_config(), num_inversion_steps, num_inference_steps, inject_steps,
             feature_mode, feature_dtype, feature_memory_budget,
         )
 
@@ -422,7 +432,7 @@ class FlattenMixin:
         flow_method: str = "raft",
         attention_mode: str = "dsta+flatten",
         flatten_variant: str = "II",
-        flatten_levels: tuple[int, ...] = (0,),
+        flatten_levels: tuple[int, ...] | None = None,
         window: int = 32,
         overlap: int = 8,
         anchors: int = 2,
@@ -444,7 +454,8 @@ class FlattenMixin:
         :meth:`FlattenInversion.save`.
         """
         frames = frames_to_tensor(video)
-        config = FlattenConfig(attention_mode, flatten_variant, tuple(flatten_levels), window, overlap, anchors)
+        levels = self.default_config().levels if flatten_levels is None else tuple(flatten_levels)
+        config = FlattenConfig(attention_mode, flatten_variant, levels, window, overlap, anchors)
         self.check_inputs(
             frames, config=config, num_inference_steps=num_inference_steps, num_inversion_steps=num_inversion_steps,
             inject_steps=inject_steps, feature_mode=feature_mode, feature_memory_budget=feature_memory_budget,
@@ -607,7 +618,7 @@ class FlattenMixin:
         Returns:
             (config, {"num_inference_steps", "num_inversion_steps", "inject_steps"}).
         """
-        base = inversion.config if inversion is not None else FlattenConfig()
+        base = inversion.config if inversion is not None else self.default_config()
         asked_config = dict(attention_mode=attention_mode, variant=flatten_variant, levels=flatten_levels,
                             window=window, overlap=overlap, anchors=anchors)
         config = FlattenConfig(**{
@@ -671,12 +682,13 @@ class FlattenMixin:
             flow_method: ``"raft"`` or ``"dis"``.
             attention_mode: ``"spatial"``, ``"dsta"``, ``"flatten"`` or ``"dsta+flatten"``.
             flatten_variant: ``"II"``, ``"I"`` or ``"source-qk"``.
-            flatten_levels: U-Net levels where flow-guided attention runs (0: the latent grid).
+            flatten_levels: U-Net levels where flow-guided attention runs (0: the latent grid; default:
+                the finest level with attention, 0 for SD 1.x/2.x and 1 for SDXL).
             window, overlap, anchors: long clips (DESIGN.md 4): a clip longer than ``window`` frames
                 is denoised in windows of that many frames overlapping by ``overlap``, each joined
                 by ``anchors`` frames spread over the clip; ``window=0`` never splits the clip.
                 These six default (None) to the inversion's, else ``"dsta+flatten"``, ``"II"``,
-                (0,), 32, 8, 2.
+                the finest attention level, 32, 8, 2.
             feature_mode: ``"stored"``, ``"recompute"`` (less memory, more compute) or ``"auto"``
                 (stored when the features fit ``feature_memory_budget``, else recompute).
             feature_dtype: dtype of stored features.

@@ -18,8 +18,9 @@ class FlattenSDXLPipeline(DiffusionPipeline, StableDiffusionXLLoraLoaderMixin, L
     Same steps and arguments as :class:`~flatten_video.FlattenPipeline` (:class:`FlattenMixin`);
     what differs is how a U-Net row is conditioned: the penultimate hidden states of both text
     encoders side by side, the second encoder's pooled embedding and the size and crop "time ids",
-    all repeated for every frame. Flow-guided attention runs on the latent grid; the injection
-    points are those of SDXL's decoder levels (:class:`~flatten_video.InjectionSpec`). The VAE runs
+    all repeated for every frame. SDXL has no attention on its latent grid, so flow-guided attention
+    runs at its finest attention level, half the latent grid (:meth:`FlattenMixin.default_config`);
+    the injection points are those of SDXL's decoder levels (:class:`~flatten_video.InjectionSpec`). The VAE runs
     in float32 when its config says ``force_upcast`` (SDXL's overflows in float16).
 
     Args:
