@@ -227,9 +227,9 @@ def test_loading_a_damaged_inversion_is_a_clear_error(tiny_pipe, source, tmp_pat
 def test_auto_mode_default_budget_is_half_the_available_memory(tiny_pipe, source, monkeypatch):
     _, trajectories, latents = source
     options = dict(STEPS, inject_steps=2)
-    monkeypatch.setattr("flatten_video.pipelines.mixin.available_memory", lambda: 2)  # a budget of 1 byte
+    monkeypatch.setattr("flatten_video.models.features.available_memory", lambda: 2)  # a budget of 1 byte
     assert tiny_pipe.invert(latents, trajectories, **options).feature_mode == "recompute"
-    monkeypatch.setattr("flatten_video.pipelines.mixin.available_memory", lambda: None)  # unknown: no limit
+    monkeypatch.setattr("flatten_video.models.features.available_memory", lambda: None)  # unknown: no limit
     assert tiny_pipe.invert(latents, trajectories, **options).feature_mode == "stored"
 
 

@@ -289,3 +289,15 @@ def _previous_cells(steps: torch.Tensor, cell: torch.Tensor, generator: torch.Ge
     interior.copy_(cell.view(frames, h, w)).sub_(1 << shift)
     best.view(-1).scatter_reduce_(0, target.view(-1), keys, reduce="amax")
     return interior.reshape(-1).bitwise_and_(low_bits)
+
+
+def start_noise(
+    channels: int, frames: int, size: tuple[int, int], labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """ControlVideo's starting noise, (1, C, F, h, w): one (1, C, h, w) draw shared by every frame,
+    or, given trajectory ``labels`` (F, h, w), one C-vector per trajectory shared by its cells."""
+    if labels is None:
+        return torch.randn(1, channels, 1, *size, generator=generator).expand(-1, -1, frames, -1, -1)
+    per_trajectory = torch.randn(int(labels.max()) + 1, channels, generator=generator)
+    return per_trajectory[labels].permute(3, 0, 1, 2).unsqueeze(0)

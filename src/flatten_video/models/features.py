@@ -54,6 +54,24 @@ def available_memory(meminfo: str | os.PathLike = "/proc/meminfo") -> int | None
     return None
 
 
+def feature_budget(feature_memory_budget: int | None = None) -> int | None:
+    """Bytes the stored features of ``feature_mode="auto"`` may take; None for no limit.
+
+    Half of the host's available memory by default: the rest is left to the models, the frames
+    and whatever else runs on the host.
+    """
+    if feature_memory_budget is not None:
+        return feature_memory_budget
+    available = available_memory()
+    return None if available is None else available // 2
+
+
+def store_estimate(first_step_bytes: int, steps: int) -> int:
+    """Bytes the whole store will take, from the first injected step's: every injected step
+    records the same layers at the same shapes (all windows of a long clip included)."""
+    return first_step_bytes * steps
+
+
 class FeatureStore:
     """Records source features per key and hands them back, for every injection point.
 

@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 
 from ..flow import FLOW_METHODS, estimate_flow
 from ..models.context import FlattenConfig, FlattenContext
-from ..models.features import FEATURE_MODES, FeatureStore, available_memory
+from ..models.features import FEATURE_MODES, FeatureStore, feature_budget, store_estimate
 from ..models.injection import InjectionSpec
 from ..models.install import flatten_installed
 from ..timing import timed
-from ..trajectories import Trajectories, sample_trajectory_pyramid
+from ..trajectories import Trajectories, sample_trajectory_pyramid, start_noise
 from ..validation import check_at_least, check_choice, check_inject_steps, check_multiple_of_8, check_num_frames
 from ..windows import anchor_frames
 from .conditioning import Conditioning, fold_frames, stack_rows, unfold_frames
@@ -338,7 +338,7 @@ class FlattenMixin:
         feature_dtype, feature_memory_budget,
     ) -> FlattenInversion:
         # Read before inversion allocates anything, so the figure is what the store may take.
-        budget = self._feature_budget(feature_memory_budget) if feature_mode == "auto" else None
+        budget = feature_budget(feature_memory_budget) if feature_mode == "auto" else None
         timesteps = self._inversion_timesteps(num_inversion_steps)
         step = self.inverse_scheduler.config.num_train_timesteps // num_inversion_steps
         injected = self.injected_timesteps(num_inference_steps, inject_steps)
@@ -387,27 +387,13 @@ class FlattenMixin:
         return noise
 
     @staticmethod
-    def _feature_budget(feature_memory_budget: int | None) -> int | None:
-        """Bytes the stored features of ``feature_mode="auto"`` may take; None for no limit.
-
-        Half of the host's available memory by default: the rest is left to the models, the frames
-        and whatever else runs on the host.
-        """
-        if feature_memory_budget is not None:
-            return feature_memory_budget
-        available = available_memory()
-        return None if available is None else available // 2
-
-    @staticmethod
     def _resolve_auto_mode(inversion: FlattenInversion, context: FlattenContext, budget: int | None) -> None:
         """Settle ``feature_mode="auto"`` once the features of the first injected timestep are
-        stored: every injected step records the same layers at the same shapes, so the store
-        would end at this step's size times the number of injected steps.
-
-        Within ``budget`` (None: no limit) the inversion goes on storing; beyond it, the store is
-        dropped and the features are recomputed from the source latents during sampling.
+        stored (:func:`~flatten_video.models.features.store_estimate`): within ``budget`` (None:
+        no limit) the inversion goes on storing; beyond it, the store is dropped and the features
+        are recomputed from the source latents during sampling.
         """
-        estimate = inversion.features.nbytes * len(inversion.injected_timesteps)
+        estimate = store_estimate(inversion.features.nbytes, len(inversion.injected_timesteps))
         if budget is None or estimate <= budget:
             inversion.feature_mode = "stored"
             return
@@ -497,13 +483,8 @@ class FlattenMixin:
     def _noise_start(self, frames, config, trajectories, num_inference_steps, init, generator, timings) -> FlattenInversion:
         """ControlVideo's start: noise shared by every frame, or along every trajectory; (1, C, F, h, w)."""
         count, h, w = len(frames), frames.shape[-2] // self.vae_scale_factor, frames.shape[-1] // self.vae_scale_factor
-        channels = self.unet.config.in_channels
-        if init == "noise":
-            noise = torch.randn(1, channels, 1, h, w, generator=generator).expand(-1, -1, count, -1, -1)
-        else:
-            labels = trajectories[(h, w)].labels.cpu()
-            per_trajectory = torch.randn(int(labels.max()) + 1, channels, generator=generator)
-            noise = per_trajectory[labels].permute(3, 0, 1, 2).unsqueeze(0)  # (1, C, F, h, w)
+        labels = trajectories[(h, w)].labels.cpu() if init == "trajectory-noise" else None
+        noise = start_noise(self.unet.config.in_channels, count, (h, w), labels, generator)
         latents = (noise * self.scheduler.init_noise_sigma).to(self._execution_device, self.unet.dtype).contiguous()
         # Flow-guided attention only needs the grids of the config's levels.
         grids = set(self.latent_grids(*frames.shape[-2:], config.levels)) if config.flow_guided else set()
