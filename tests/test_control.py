@@ -225,3 +225,21 @@ def test_detectors_without_controlnet_aux_are_one_clear_line(monkeypatch):
     with pytest.raises(DetectorUnavailable, match="pip install controlnet-aux") as info:
         control_maps(moving_texture(frames=2, height=64, width=64), "depth")
     assert "\n" not in str(info.value)
+
+
+def test_the_benchmark_runs_controlvideo_with_a_controlnet(tmp_path, tiny_sd_path, controlnet_path, clip_path):
+    """The paper's plug-and-play comparison is bench runs with --init noise --control canny: one item here."""
+    import json
+
+    from test_bench import OFFICIAL_ROWS, make_tgve
+
+    data = make_tgve(tmp_path / "tgve", OFFICIAL_ROWS)
+    out = tmp_path / "out"
+    argv = ["bench", str(data), "-o", str(out), "--model", str(tiny_sd_path), "--frames", "3", "--width", "64",
+            "--height", "64", "--steps", "2", "--flow", "dis", "--device", "cpu", "--dtype", "float32",
+            "--init", "noise", "--control", f"canny={controlnet_path}", "--guidance", "12.5", "--ablation", "dsta",
+            "--limit", "1", "--clip-model", clip_path, "--no-pick-score"]
+    assert cli.main(argv) == 0
+    record = json.loads((out / "dsta" / "items/DAVIS_480p/dog/style.json").read_text())
+    assert record["settings"]["init"] == "noise" and record["settings"]["control"] == [f"canny={controlnet_path}"]
+    assert record["settings"]["attention"] == "dsta" and record["scores"]["clip_t"] is not None

@@ -223,7 +223,8 @@ class EditSettings:
             raise ValueError("the prompt is empty: say what the edited video should show")
         check_options(self)
         check_num_frames(flag("frames"), self.frames)
-        check_inject_steps(self.inject_steps, self.steps, flag("inject_steps"), flag("steps"))
+        if self.init == "inversion":  # ControlVideo's starts invert and inject nothing
+            check_inject_steps(self.inject_steps, self.steps, flag("inject_steps"), flag("steps"))
         check_windows(self.window, self.overlap, self.anchors, flag("window"), flag("overlap"), flag("anchors"))
         if 0 < self.window < self.frames and self.anchors > self.frames:
             anchor_frames(self.frames, self.anchors)  # raises: more anchors than frames
