@@ -121,7 +121,7 @@ def test_the_import_graph_reader_sees_real_edges():
 
 # Each rule's message is written once, in flatten_video.validation; these are their fragments.
 RULE_MESSAGES = ["must be at least {minimum}", "must be a positive multiple of 8", "must be between 0 and", "choose one of",
-                 "frames (FLATTEN follows motion between frames)"]
+                 "frames (FLATTEN follows motion between frames)", "must satisfy 0 <= start <= end <= 1"]
 
 
 @pytest.mark.parametrize("fragment", RULE_MESSAGES)

@@ -17,15 +17,7 @@ import sys
 import warnings
 
 from .app.editing import control_images, edit_video, prepare_source
-from .app.runtime import (
-    controlnet_id,
-    default_device,
-    error_line,
-    load_pipeline,
-    model_family,
-    pipeline_class,
-    resolve_dtype,
-)
+from .app.runtime import check_controlnets, default_device, error_line, load_pipeline, pipeline_class, resolve_dtype
 from .app.settings import EditSettings, RuntimeSettings, add_arguments
 from .app.webui import add_web_arguments, run_web
 from .eval.runner import add_bench_arguments, add_eval_arguments, run_bench, run_eval
@@ -43,8 +35,7 @@ def run_edit(args: argparse.Namespace) -> int:
     # Everything that can fail fast does, before the model loads: settings, output, source, maps.
     clip = prepare_source(args.video, settings, output, short_side=short_side)
     controls = control_images(clip, settings)
-    for kind, model in settings.controls:  # a ControlNet that cannot be named is known before loading
-        controlnet_id(kind, model, model_family(runtime.model))
+    check_controlnets(runtime.model, settings.controls)
     device = runtime.device or default_device()
     main_process = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun

@@ -38,6 +38,12 @@ def check_multiple_of_8(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a positive multiple of 8, got {value!r}")
 
 
+def check_fraction_window(start: float, end: float, start_name: str, end_name: str) -> None:
+    """A part of the sampling steps given as fractions: 0 <= start <= end <= 1."""
+    if not 0.0 <= start <= end <= 1.0:
+        raise ValueError(f"{start_name} and {end_name} must satisfy 0 <= start <= end <= 1, got {start} and {end}")
+
+
 def check_inject_steps(inject_steps: int, steps: int, inject_name: str = "inject_steps", steps_name: str = "num_inference_steps") -> None:
     if isinstance(inject_steps, bool) or not isinstance(inject_steps, int) or not 0 <= inject_steps <= steps:
         raise ValueError(f"{inject_name} must be between 0 and {steps_name} ({steps}), got {inject_steps!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 
@@ -39,9 +40,11 @@ def resolve_dtype(name: str | None, device: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+@functools.lru_cache(maxsize=32)
 def checkpoint_json(model: str, name: str) -> dict:
     """A JSON file of a checkpoint (``model_index.json``, ``unet/config.json``), read without
-    loading any weights; empty when it cannot be had (then loading says why)."""
+    loading any weights; empty when it cannot be had (then loading says why). Read once per
+    process: asking the hub again for every edit of the web UI would cost a request each."""
     path = pathlib.Path(model)
     try:
         if path.is_dir():
@@ -111,6 +114,15 @@ def controlnet_id(kind: str, model: str | None, family: str | None) -> str:
             f"no default {kind} ControlNet for this model ({family or 'unknown family'}): name one with --control {kind}=MODEL"
         )
     return default
+
+
+def check_controlnets(model: str, controls: list[tuple[str, str | None]]) -> None:
+    """Raise the one-line error of :func:`controlnet_id` before any model loads, if a ControlNet
+    of ``controls`` cannot be named for ``model``."""
+    if any(name is None for _, name in controls):
+        family = model_family(model)
+        for kind, name in controls:
+            controlnet_id(kind, name, family)
 
 
 def add_controlnets(pipe, controls: list[tuple[str, str | None]], dtype: torch.dtype):

@@ -20,7 +20,7 @@ from ..flow import FLOW_METHODS
 from ..models.context import ATTENTION_MODES, FLATTEN_VARIANTS, FLOW_GUIDED_MODES
 from ..models.features import FEATURE_MODES
 from ..pipelines.mixin import INITS
-from ..validation import check_at_least, check_choice, check_inject_steps, check_multiple_of_8, check_num_frames, check_positive_number
+from ..validation import check_at_least, check_choice, check_fraction_window, check_inject_steps, check_multiple_of_8, check_num_frames, check_positive_number
 from ..windows import anchor_frames, check_windows
 from .runtime import DEFAULT_MODEL, DTYPES
 
@@ -232,9 +232,7 @@ class EditSettings:
             check_choice(flag("control"), kind, CONTROL_KINDS)
         if len(self.control_video) > len(self.control):
             raise ValueError(f"{flag('control_video')} was given {len(self.control_video)} time(s) for {len(self.control)} {flag('control')}")
-        if not 0.0 <= self.control_start <= self.control_end <= 1.0:
-            raise ValueError(f"{flag('control_start')} and {flag('control_end')} must satisfy 0 <= start <= end <= 1, "
-                             f"got {self.control_start} and {self.control_end}")
+        check_fraction_window(self.control_start, self.control_end, flag("control_start"), flag("control_end"))
 
     @property
     def controls(self) -> list[tuple[str, str | None]]:

@@ -22,6 +22,7 @@ from .runtime import (
     DEFAULT_MODEL,
     USER_ERRORS,
     add_controlnets,
+    check_controlnets,
     default_device,
     error_line,
     load_pipeline,
@@ -102,6 +103,7 @@ class Editor:
         output = self.output_path(video, settings)
         clip = prepare_source(video, settings, output, short_side=pipeline_class(self.model).default_short_side)
         controls = control_images(clip, settings)
+        check_controlnets(self.model, settings.controls)
         return edit_video(self.pipeline_for(settings.controls), video, output, settings, clip=clip, cache_dir=self.cache_dir,
                           controls=controls)
 

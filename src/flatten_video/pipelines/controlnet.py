@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
+from ..validation import check_fraction_window
 from .conditioning import Conditioning
 from .pipeline_flatten import FlattenPipeline
 from .pipeline_flatten_xl import FlattenSDXLPipeline
@@ -83,13 +84,8 @@ class ControlNetMixin:
             raise ValueError(f"{len(images)} condition video(s) for {count} ControlNet(s)")
         scales = controlnet_conditioning_scale
         scales = list(scales) if isinstance(scales, (list, tuple)) else [scales] * count
-        if not 0.0 <= control_guidance_start <= control_guidance_end <= 1.0:
-            raise ValueError(
-                "control_guidance_start and control_guidance_end must satisfy 0 <= start <= end <= 1, "
-                f"got {control_guidance_start} and {control_guidance_end}"
-            )
-        self.scheduler.set_timesteps(num_inference_steps)
-        timesteps = [int(t) for t in self.scheduler.timesteps]
+        check_fraction_window(control_guidance_start, control_guidance_end, "control_guidance_start", "control_guidance_end")
+        timesteps = self.injected_timesteps(num_inference_steps, num_inference_steps)  # the whole schedule
         # diffusers' rule: step i is controlled when i/N >= start and (i+1)/N <= end.
         kept = {t for i, t in enumerate(timesteps)
                 if i / len(timesteps) >= control_guidance_start and (i + 1) / len(timesteps) <= control_guidance_end}
@@ -108,7 +104,7 @@ class ControlNetMixin:
             rows.control_scale = torch.zeros(rows.num_rows, device=rows.encoder_hidden_states.device)
         return rows
 
-    def extra_unet_kwargs(self, sample: torch.Tensor, timestep: int, conditioning: Conditioning, frames: int) -> dict:
+    def extra_unet_kwargs(self, sample: torch.Tensor, timestep: int, conditioning: Conditioning, unet_kwargs: dict) -> dict:
         """ControlNet residuals for the folded batch, weighted per row; none when it is off."""
         state, context = self._control, self.flatten
         if state is None or context is None:
@@ -117,19 +113,19 @@ class ControlNetMixin:
         rows = conditioning.row_control_scale()
         if not active or not bool(rows.any()):
             return {}
-        videos = sample.shape[0] // frames
+        videos = conditioning.num_rows
+        frames = sample.shape[0] // videos
         pick = context.frames
         images = [image if pick is None else image.index_select(0, pick.to(image.device)) for image in state.images]
         images = [image.repeat(videos, 1, 1, 1) for image in images]
-        kwargs = conditioning.unet_kwargs(frames)
         down, mid = self.controlnet(
             sample.to(self.controlnet.dtype),
             timestep,
-            encoder_hidden_states=kwargs["encoder_hidden_states"].to(self.controlnet.dtype),
+            encoder_hidden_states=unet_kwargs["encoder_hidden_states"].to(self.controlnet.dtype),
             controlnet_cond=images if isinstance(self.controlnet, MultiControlNetModel) else images[0],
             conditioning_scale=state.scales if isinstance(self.controlnet, MultiControlNetModel) else state.scales[0],
             guess_mode=state.guess_mode,
-            added_cond_kwargs=kwargs.get("added_cond_kwargs"),
+            added_cond_kwargs=unet_kwargs.get("added_cond_kwargs"),
             return_dict=False,
         )
         weight = rows.to(sample.dtype).repeat_interleave(frames).view(-1, 1, 1, 1)
@@ -166,7 +162,8 @@ class ControlNetMixin:
             if self._control is not None:  # enabled by the caller around this call (control_enabled)
                 return super().__call__(video, prompt, negative_prompt, **kwargs)
             raise ValueError("give control_image: the condition maps of the source frames")
-        steps = kwargs.get("num_inference_steps") or (kwargs["inversion"].num_inference_steps if kwargs.get("inversion") else 50)
+        # The schedule the edit will run (the caller's, the inversion's or the paper's): the window's unit.
+        steps = self.resolve_edit(kwargs.get("inversion"), num_inference_steps=kwargs.get("num_inference_steps"))[1]["num_inference_steps"]
         with self.control_enabled(
             control_image, num_inference_steps=steps, controlnet_conditioning_scale=controlnet_conditioning_scale,
             control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,

@@ -118,7 +118,7 @@ class FlattenMixin:
         trajectories = {grid: t.to(device) for grid, t in trajectories.items()}
         context = FlattenContext.from_config(config, num_frames, trajectories, features)
         context.phase = phase
-        with flatten_installed(self.unet, context, self._injection_spec_or_none()):
+        with flatten_installed(self.unet, context):
             self.flatten = context
             try:
                 yield context
@@ -129,12 +129,6 @@ class FlattenMixin:
     def injection_spec(self) -> InjectionSpec:
         """Where features are injected in this U-Net; raises a clear ``ValueError`` if nowhere."""
         return InjectionSpec.from_unet(self.unet)
-
-    def _injection_spec_or_none(self) -> InjectionSpec | None:
-        try:
-            return self.injection_spec
-        except ValueError:
-            return InjectionSpec((), ())
 
     def check_inputs(
         self,
@@ -268,13 +262,14 @@ class FlattenMixin:
         videos, _, frames = latents.shape[:3]
         sample = fold_frames(latents).to(self.unet.dtype)
         kwargs = conditioning.unet_kwargs(frames)
-        kwargs.update(self.extra_unet_kwargs(sample, timestep, conditioning, frames))
+        kwargs.update(self.extra_unet_kwargs(sample, timestep, conditioning, kwargs))
         noise = self.unet(sample, timestep, **kwargs).sample
         return unfold_frames(noise, videos).to(latents.dtype)
 
-    def extra_unet_kwargs(self, sample: torch.Tensor, timestep: int, conditioning: Conditioning, frames: int) -> dict:
-        """More keyword arguments of the U-Net call for a folded batch ``sample`` (B*F, C, h, w):
-        a plug-in's (ControlNet residuals); none here."""
+    def extra_unet_kwargs(self, sample: torch.Tensor, timestep: int, conditioning: Conditioning, unet_kwargs: dict) -> dict:
+        """More keyword arguments of the U-Net call for a folded batch ``sample`` (B*F, C, h, w),
+        given the ones ``conditioning`` already makes (``unet_kwargs``, frames repeated): a
+        plug-in's (ControlNet residuals); none here."""
         return {}
 
     # -- inversion ------------------------------------------------------------------------------
@@ -358,8 +353,8 @@ class FlattenMixin:
         )
         empty = self._source_conditioning(latents)
         latents = latents.to(self._execution_device)
-        runs = plan_runs(config, latents.shape[2], trajectories, self._execution_device)
         with self.flatten_enabled(config, latents.shape[2], trajectories, store, phase="inversion") as context:
+            runs = plan_runs(config, latents.shape[2], context.trajectories, self._execution_device)
             share = len(process_share(runs)[0])
             with self._progress((len(timesteps) - 1) * share, "DDIM inversion", share) as bar:
                 for t in timesteps[:-1]:
@@ -483,6 +478,8 @@ class FlattenMixin:
     def _noise_start(self, frames, config, trajectories, num_inference_steps, init, generator, timings) -> FlattenInversion:
         """ControlVideo's start: noise shared by every frame, or along every trajectory; (1, C, F, h, w)."""
         count, h, w = len(frames), frames.shape[-2] // self.vae_scale_factor, frames.shape[-1] // self.vae_scale_factor
+        if init == "trajectory-noise" and (h, w) not in trajectories:
+            raise ValueError(f"init='trajectory-noise' needs the trajectories of the latent grid {(h, w)}; give them or none")
         labels = trajectories[(h, w)].labels.cpu() if init == "trajectory-noise" else None
         noise = start_noise(self.unet.config.in_channels, count, (h, w), labels, generator)
         latents = (noise * self.scheduler.init_noise_sigma).to(self._execution_device, self.unet.dtype).contiguous()
@@ -530,9 +527,9 @@ class FlattenMixin:
         source_row = self._source_conditioning(latents) if recompute else None
         store = FeatureStore() if recompute else inversion.features
 
-        runs = plan_runs(inversion.config, inversion.num_frames, inversion.trajectories, self._execution_device)
         self.scheduler.set_timesteps(inversion.num_inference_steps)
         with self.flatten_enabled(inversion.config, inversion.num_frames, inversion.trajectories, store, phase="sampling") as context:
+            runs = plan_runs(inversion.config, inversion.num_frames, context.trajectories, self._execution_device)
             share = len(process_share(runs)[0])
             with self._progress(len(self.scheduler.timesteps) * share, "Sampling", share) as bar:
                 for i, t in enumerate(self.scheduler.timesteps):
