@@ -59,6 +59,13 @@ class ControlNetMixin:
 
     _control: ControlState | None = None
 
+    def _register_controlnet(self, controlnet) -> None:
+        """Register ``controlnet`` (one, a list, or a ``MultiControlNetModel``) after checking it fits the U-Net."""
+        if isinstance(controlnet, (list, tuple)):
+            controlnet = MultiControlNetModel(controlnet)
+        check_controlnet(self.unet, controlnet)
+        self.register_modules(controlnet=controlnet)
+
     @contextmanager
     def control_enabled(
         self,
@@ -180,10 +187,7 @@ class FlattenControlNetPipeline(ControlNetMixin, FlattenPipeline):
 
     def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, inverse_scheduler):
         super().__init__(vae, text_encoder, tokenizer, unet, scheduler, inverse_scheduler)
-        if isinstance(controlnet, (list, tuple)):
-            controlnet = MultiControlNetModel(controlnet)
-        check_controlnet(unet, controlnet)
-        self.register_modules(controlnet=controlnet)
+        self._register_controlnet(controlnet)
 
 
 class FlattenSDXLControlNetPipeline(ControlNetMixin, FlattenSDXLPipeline):
@@ -195,9 +199,6 @@ class FlattenSDXLControlNetPipeline(ControlNetMixin, FlattenSDXLPipeline):
                  inverse_scheduler, force_zeros_for_empty_prompt: bool = True):
         super().__init__(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, inverse_scheduler,
                          force_zeros_for_empty_prompt)
-        if isinstance(controlnet, (list, tuple)):
-            controlnet = MultiControlNetModel(controlnet)
-        check_controlnet(unet, controlnet)
-        self.register_modules(controlnet=controlnet)
+        self._register_controlnet(controlnet)
 
 
