@@ -3,26 +3,32 @@
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]        (default OUT_DIR: ./gpu-results)
 #
-# 1. the paper's setting on the SD 2.1 architecture (random weights, nothing downloaded):
-#    32 frames at 512x512, 100 inversion steps, 50 sampling steps with 40 injected, fp16;
-# 2. a sweep of one U-Net evaluation (a guidance batch): 8, 16, 32, 64 frames; fp16 vs bf16;
-#    SDPA backends flash / efficient / cuDNN where the GPU has them; DSTA vs DSTA + FLATTEN;
-#    torch.compile of the U-Net's blocks and channels-last;
-# 3. 128 frames edited in windows (DESIGN.md 4) against the 32-frame figure; an SDXL edit of 16
-#    frames at 1024x1024 (10 sampling steps: multiply the per-call time for 50);
-# then a table of everything (summary.md) beside the JSON files. Budget: under 8 minutes on an H100.
+# Runs in order of what matters most, so a run cut short still answers the main questions
+# (SD 2.1 architecture, random weights, nothing downloaded; fp16; 512x512 unless said):
+# 1. one U-Net evaluation of a guidance batch at 16, 32 and 64 frames: spatial vs DSTA vs
+#    DSTA + FLATTEN (the cost of FLATTEN's attention);
+# 2. the paper's setting, 32 frames, as a whole edit with fewer steps (STEPS/INV_STEPS/INJECT,
+#    default 10/20/8; the paper's 50/100/40 is FULL=1): seconds per U-Net call give the full time;
+# 3. 128 frames edited in windows of 32 (DESIGN.md 4) against 32 frames, same steps;
+# 4. an SDXL edit of 16 frames at 1024x1024;
+# 5. speed levers on the 32-frame U-Net evaluation: bf16, SDPA backends flash / efficient /
+#    cuDNN, channels-last, torch.compile of the U-Net's blocks (slowest to start, so last);
+# then a table of everything (summary.md) beside the JSON and text files. About 7 minutes on an H200.
 set -uo pipefail
 OUT=$(realpath -m "${1:-./gpu-results}")
 mkdir -p "$OUT"
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
-ARCH=${ARCH:-sd21}
 SIZE=(--width 512 --height 512)
+if [ "${FULL:-0}" = 1 ]; then EDIT=(--steps 50 --inversion-steps 100 --inject-steps 40)
+else EDIT=(--steps "${STEPS:-4}" --inversion-steps "${INV_STEPS:-8}" --inject-steps "${INJECT:-3}"); fi
+PAPER=(--steps "${STEPS:-10}" --inversion-steps "${INV_STEPS:-20}" --inject-steps "${INJECT:-8}")
+[ "${FULL:-0}" = 1 ] && PAPER=("${EDIT[@]}")
 
-run() {  # run NAME ARGS...: one pipeline.py run, its output kept, a failure noted and passed over
-  local name=$1; shift
-  echo "== $name: pipeline.py $*" | tee "$OUT/$name.txt"
-  if ! timeout "${STEP_TIMEOUT:-240}" "$PY" pipeline.py --arch "$ARCH" "$@" --json "$OUT/$name.json" 2>&1 | tee -a "$OUT/$name.txt"; then
+run() {  # run NAME ARCH ARGS...: one pipeline.py run, its output kept, a failure noted and passed over
+  local name=$1 arch=$2; shift 2
+  echo "== $(date +%T) $name: pipeline.py --arch $arch $*" | tee "$OUT/$name.txt"
+  if ! timeout "${STEP_TIMEOUT:-240}" "$PY" pipeline.py --arch "$arch" "$@" --json "$OUT/$name.json" 2>&1 | tee -a "$OUT/$name.txt"; then
     echo "!! $name failed or ran out of time" | tee -a "$OUT/$name.txt"
   fi
 }
@@ -30,18 +36,14 @@ run() {  # run NAME ARGS...: one pipeline.py run, its output kept, a failure not
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name(), torch.__version__)" \
   | tee "$OUT/device.txt" || { echo "gpu.sh needs a CUDA GPU"; exit 1; }
 
-run paper --frames 32 "${SIZE[@]}" --steps 50 --inversion-steps 100 --inject-steps 40 --dtype float16 --attention dsta+flatten
-for frames in 8 16 32 64; do
-  run "unet-f${frames}-fp16" --unet-pass --frames "$frames" "${SIZE[@]}" --dtype float16 --attention dsta dsta+flatten
-done
-run unet-f32-bf16 --unet-pass --frames 32 "${SIZE[@]}" --dtype bfloat16 --attention dsta dsta+flatten
-for backend in flash efficient cudnn; do
-  run "unet-f32-$backend" --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --sdpa-backend "$backend"
-done
-run unet-f32-compile --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --compile
-run unet-f32-channels-last --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --channels-last
-run long-128 --frames 128 "${SIZE[@]}" --steps 10 --inversion-steps 20 --inject-steps 8 --dtype float16 --window 32
-run long-32 --frames 32 "${SIZE[@]}" --steps 10 --inversion-steps 20 --inject-steps 8 --dtype float16 --window 32
-ARCH=sdxl run sdxl-16 --frames 16 --width 1024 --height 1024 --steps 10 --inversion-steps 20 --inject-steps 8 --dtype float16
+run unet-fp16 sd21 --unet-pass --frames 16 32 64 "${SIZE[@]}" --dtype float16 --attention spatial dsta dsta+flatten
+run paper sd21 --frames 32 "${SIZE[@]}" "${PAPER[@]}" --dtype float16 --attention dsta+flatten
+run long-32 sd21 --frames 32 "${SIZE[@]}" "${EDIT[@]}" --dtype float16 --window 32
+run long-128 sd21 --frames 128 "${SIZE[@]}" "${EDIT[@]}" --dtype float16 --window 32
+run sdxl-16 sdxl --frames 16 --width 1024 --height 1024 "${EDIT[@]}" --dtype float16
+run unet-f32-bf16 sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype bfloat16 --attention dsta dsta+flatten
+run unet-f32-backends sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --sdpa-backend flash efficient cudnn
+run unet-f32-channels-last sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --channels-last
+run unet-f32-compile sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --compile
 
 "$PY" summarize.py "$OUT" | tee "$OUT/summary.md"

@@ -103,25 +103,27 @@ def edit(pipe: FlattenPipeline, frames: torch.Tensor, args, mode: str, device: s
     )
 
 
-def unet_pass(pipe: FlattenPipeline, args, mode: str, device: str, dtype) -> dict:
-    """One U-Net evaluation of a guidance batch (2 videos) with FLATTEN, as the paper's code runs it."""
+def unet_pass(pipe: FlattenPipeline, args, mode: str, device: str, dtype, num_frames: int) -> dict:
+    """One U-Net evaluation of a guidance batch (2 videos) with FLATTEN, as the paper's code runs it.
+    An untimed evaluation comes first, so kernel loading and autotuning are not counted."""
     from flatten_video import FlattenConfig
 
     h, w = args.height // pipe.vae_scale_factor, args.width // pipe.vae_scale_factor
-    frames = panning_frames(args.frames, args.height, args.width)
+    frames = panning_frames(num_frames, args.height, args.width)
     trajectories = pipe.prepare_trajectories(frames, flow_method="dis", progress=False) if mode in ("flatten", "dsta+flatten") else {}
-    latents = torch.randn(2, 4, args.frames, h, w, device=device, dtype=dtype)
+    latents = torch.randn(2, 4, num_frames, h, w, device=device, dtype=dtype)
     row = pipe.encode_conditioning("a tiger", args.height, args.width)
     conditioning = Conditioning.cat([row, row])
     config = FlattenConfig(attention_mode=mode, window=0)
-    with pipe.flatten_enabled(config, args.frames, trajectories), torch.no_grad():
+    with pipe.flatten_enabled(config, num_frames, trajectories), torch.no_grad():
+        pipe.predict_noise(latents, 501, conditioning)
         with PeakMemory(device) as memory, AttentionFlops(device) as flops:
             start = time.perf_counter()
             pipe.predict_noise(latents, 501, conditioning)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-    result = dict(mode=mode, seconds=seconds, peak_bytes=memory.peak, attention_flops=flops.total,
+    result = dict(mode=mode, frames=num_frames, seconds=seconds, peak_bytes=memory.peak, attention_flops=flops.total,
                   attention_seconds=flops.seconds, attention_flops_per_second=flops.total / flops.seconds if flops.seconds else None)
     if args.controlnet:
         result["controlnet_seconds"] = controlnet_pass(pipe, latents, conditioning, device)
@@ -165,7 +167,7 @@ def sdpa_backend(name: str | None):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=ARCHS, default="sd21")
-    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--frames", type=int, nargs="+", default=[4], help="several only with --unet-pass: a sweep in one process")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--steps", type=int, default=2)
@@ -176,7 +178,8 @@ def main() -> None:
     parser.add_argument("--attention", choices=ATTENTION_MODES, nargs="+", default=["dsta+flatten"])
     parser.add_argument("--feature-mode", choices=("stored", "recompute", "auto"), default="auto")
     parser.add_argument("--window", type=int, default=32, help="co-denoising window (0: whole clip)")
-    parser.add_argument("--sdpa-backend", choices=("flash", "efficient", "cudnn", "math"), default=None)
+    parser.add_argument("--sdpa-backend", choices=("flash", "efficient", "cudnn", "math"), nargs="+", default=None,
+                        help="several only with --unet-pass: each is timed in turn")
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net's blocks")
     parser.add_argument("--channels-last", action="store_true", help="U-Net in channels-last memory format")
     parser.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload(): text encoder and VAE off the GPU while the U-Net runs")
@@ -202,25 +205,37 @@ def main() -> None:
     print(f"machine: {machine()}, device {args.device}, {str(dtype).removeprefix('torch.')}")
     print(f"{args.arch}: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M U-Net parameters, built in {built:.1f} s")
     results = []
-    with sdpa_backend(args.sdpa_backend):
-        if args.unet_pass:
-            print(f"one U-Net evaluation, 2 videos x {args.frames} frames at {args.width}x{args.height}")
-            for mode in args.attention:
-                r = unet_pass(pipe, args, mode, args.device, dtype)
-                results.append(r)
-                rate = f"{r['attention_flops_per_second'] / 1e9:.1f}" if r["attention_flops_per_second"] else "-"
-                print(f"  {mode:>13}: {r['seconds']:8.2f} s, peak {r['peak_bytes'] / 2**30:6.2f} GiB, "
-                      f"attention {r['attention_flops'] / 1e9:9.1f} GFLOP in {r['attention_seconds']:.2f} s ({rate} GFLOP/s)")
-                if "controlnet_seconds" in r:
-                    print(f"  {'':>13}  a ControlNet on the same batch: {r['controlnet_seconds']:.2f} s "
-                          f"({r['controlnet_seconds'] / r['seconds']:.2f}x the U-Net pass)")
-        else:
-            frames = panning_frames(args.frames, args.height, args.width)
-            print(f"edit of {args.frames} frames at {args.width}x{args.height}: {args.inversion_steps} inversion steps, "
-                  f"{args.steps} sampling steps ({args.inject_steps} injected), feature mode {args.feature_mode}, window {args.window}")
+    if args.unet_pass:
+        for backend in args.sdpa_backend or [None]:
+            for num_frames in args.frames:
+                print(f"one U-Net evaluation, 2 videos x {num_frames} frames at {args.width}x{args.height}"
+                      + (f", SDPA backend {backend}" if backend else ""))
+                for mode in args.attention:
+                    try:
+                        with sdpa_backend(backend):
+                            r = unet_pass(pipe, args, mode, args.device, dtype, num_frames)
+                    except RuntimeError as error:  # a backend this GPU or dtype lacks, or out of memory
+                        print(f"  {mode:>13}: failed: {str(error).splitlines()[0]}")
+                        continue
+                    r["sdpa_backend"] = backend
+                    results.append(r)
+                    rate = f"{r['attention_flops_per_second'] / 1e9:.1f}" if r["attention_flops_per_second"] else "-"
+                    print(f"  {mode:>13}: {r['seconds']:8.3f} s, peak {r['peak_bytes'] / 2**30:6.2f} GiB, "
+                          f"attention {r['attention_flops'] / 1e9:9.1f} GFLOP in {r['attention_seconds']:.3f} s ({rate} GFLOP/s)")
+                    if "controlnet_seconds" in r:
+                        print(f"  {'':>13}  a ControlNet on the same batch: {r['controlnet_seconds']:.3f} s "
+                              f"({r['controlnet_seconds'] / r['seconds']:.2f}x the U-Net pass)")
+    else:
+        if len(args.frames) > 1 or len(args.sdpa_backend or []) > 1:
+            parser.error("a whole edit takes one --frames and at most one --sdpa-backend")
+        num_frames = args.frames[0]
+        frames = panning_frames(num_frames, args.height, args.width)
+        print(f"edit of {num_frames} frames at {args.width}x{args.height}: {args.inversion_steps} inversion steps, "
+              f"{args.steps} sampling steps ({args.inject_steps} injected), feature mode {args.feature_mode}, window {args.window}")
+        with sdpa_backend((args.sdpa_backend or [None])[0]):
             for mode in args.attention:
                 results.append(edit(pipe, frames, args, mode, args.device))
-            print_table(results)
+        print_table(results)
     if args.json:
         record = dict(machine=machine(), args=vars(args), results=results, date=time.strftime("%Y-%m-%d"))
         pathlib.Path(args.json).write_text(json.dumps(record, indent=2))

@@ -12,9 +12,12 @@ def rows(folder: pathlib.Path):
     for path in sorted(folder.glob("*.json")):
         record = json.loads(path.read_text())
         args = record["args"]
-        setting = (f"{args['arch']} {args['frames']}x{args['width']}x{args['height']} {args['dtype'] or ''} "
-                   f"{args['sdpa_backend'] or ''}").strip()
         for r in record["results"]:
+            frames = r.get("frames", args["frames"])
+            frames = frames[0] if isinstance(frames, list) else frames
+            backend = r.get("sdpa_backend") or args["sdpa_backend"] or ""
+            backend = backend[0] if isinstance(backend, list) else backend
+            setting = " ".join(filter(None, [args['arch'], f"{frames}x{args['width']}x{args['height']}", args['dtype'], backend]))
             rate = r.get("attention_flops_per_second")
             rate = f"{rate / 1e12:.1f}" if rate else "-"
             if "timings" in r:  # a whole edit
