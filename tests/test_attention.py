@@ -60,6 +60,28 @@ def test_flow_guided_attention_with_separate_query_and_key():
     assert torch.allclose(ours, reference, atol=1e-10, rtol=0)
 
 
+def test_flow_guided_attention_gives_fused_kernels_4d_launches_of_bounded_rows(monkeypatch):
+    """CUDA's fused SDPA kernels refuse 5-D inputs (falling back to the math kernel) and more
+    than 65535 rows a launch; launches split to fit must still equal the reference."""
+    from flatten_video import ops
+
+    trajectories = random_trajectories(seed=2)
+    hidden = torch.randn(2, trajectories.labels.numel(), 8, dtype=torch.float64)
+    shapes = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value):
+        shapes.append(tuple(query.shape))
+        return sdpa(query, key, value)
+
+    monkeypatch.setattr(ops.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(ops, "MAX_SDPA_ROWS", 6)
+    ours = flow_guided_attention(hidden, trajectories, 2)
+    assert shapes and all(len(shape) == 4 and shape[0] <= 6 for shape in shapes)
+    assert len(shapes) > len(trajectories.groups)  # some groups were split
+    assert torch.allclose(ours, reference_flow_guided(hidden, trajectories.labels, 2), atol=1e-10, rtol=0)
+
+
 def test_flow_guided_attention_rejects_wrong_token_count():
     trajectories = random_trajectories()
     with pytest.raises(ValueError, match="tokens"):

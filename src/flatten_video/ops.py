@@ -39,15 +39,23 @@ def flow_guided_attention(
     # A token alone on its trajectory attends only to itself: its output is its value.
     out = hidden.clone()
     for group in trajectories.groups:
-        count, length = group.shape
-        index = group.reshape(-1)
+        length = group.shape[1]
+        # Fused SDPA kernels take 4-D inputs with at most 65535 rows (batch x trajectories) in a
+        # launch; a 5-D input, or more rows, silently falls back to the slow math kernel or fails.
+        for part in group.split(max(1, MAX_SDPA_ROWS // batch)):
+            count = part.shape[0]
+            index = part.reshape(-1)
 
-        def gather(x: torch.Tensor) -> torch.Tensor:
-            return x[:, index].view(batch, count, length, heads, head_dim).transpose(2, 3)
+            def gather(x: torch.Tensor) -> torch.Tensor:
+                return x[:, index].reshape(batch * count, length, heads, head_dim).transpose(1, 2)
 
-        attended = F.scaled_dot_product_attention(gather(query), gather(key), gather(hidden))
-        out[:, index] = attended.transpose(2, 3).reshape(batch, count * length, channels)
+            attended = F.scaled_dot_product_attention(gather(query), gather(key), gather(hidden))
+            out[:, index] = attended.transpose(1, 2).reshape(batch, count * length, channels)
     return out
+
+
+#: Rows (videos x trajectories) of one fused attention launch: CUDA grids hold 65535 blocks a side.
+MAX_SDPA_ROWS = 65535
 
 
 def multihead_attention(query, key, value, heads: int, frames: int = 1) -> torch.Tensor:

@@ -1,17 +1,22 @@
-"""One video edit, from a source file to a written output, shared by the CLI, the web UI and the
+"""Video edits, from a source file to written outputs, shared by the CLI, the web UI and the
 benchmark: :func:`prepare_source` reads and checks everything before a model loads,
-:func:`edit_video` runs the pipeline and writes the result atomically, and
-:class:`InversionCache` keeps inversions so a new prompt on the same clip starts at sampling.
+:func:`edit_prompts` inverts the source once and writes one result per prompt (atomically),
+:func:`edit_video` is its one-prompt case, and :class:`InversionCache` keeps inversions so a
+new prompt on the same clip starts at sampling.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import pathlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -153,6 +158,119 @@ def controlled(pipe, images: list[torch.Tensor] | None, settings: EditSettings):
     )
 
 
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name part from a prompt: 'A white fox, watercolor' -> 'a-white-fox-watercolor'."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "edit"
+
+
+def prompt_outputs(template: str | os.PathLike, prompts: Sequence[str]) -> list[pathlib.Path]:
+    """One output path per prompt from ``template``, which may hold ``{prompt}`` (the prompt's
+    :func:`slug`) and ``{index}`` (1, 2, ...). Several prompts need a placeholder that tells
+    their outputs apart; equal slugs get their index appended.
+
+    Raises:
+        ValueError: several prompts and no placeholder, or a placeholder Python cannot format.
+    """
+    template = str(template)
+    if len(prompts) > 1 and "{prompt}" not in template and "{index}" not in template:
+        raise ValueError(f"{len(prompts)} prompts need one output each: put {{prompt}} or {{index}} in the output name ({template})")
+    slugs = [slug(p) for p in prompts]
+    paths = []
+    for index, (prompt_slug, prompt) in enumerate(zip(slugs, prompts, strict=True), start=1):
+        if slugs.count(prompt_slug) > 1 and "{index}" not in template:
+            prompt_slug = f"{prompt_slug}-{index}"
+        try:
+            paths.append(pathlib.Path(template.format(prompt=prompt_slug, index=index)))
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"the output name {template} may hold only {{prompt}} and {{index}} ({error_text(error)})") from None
+    return paths
+
+
+def error_text(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+
+
+@dataclass
+class PromptEdit:
+    """One prompt's outcome in :func:`edit_prompts`.
+
+    Attributes:
+        index: its rank among the prompts, from 0.
+        prompt: the prompt.
+        output: the file written (or that would have been).
+        error: why it failed, None when it was written.
+    """
+
+    index: int
+    prompt: str
+    output: pathlib.Path
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def invert_source(pipe, clip: Video, settings: EditSettings, cache_dir: str | os.PathLike | None = None,
+                  write: bool = True) -> FlattenInversion:
+    """The inversion every prompt of an edit starts from: from ``cache_dir`` when it holds one for
+    these frames, model and settings, else made now (and kept there when ``write``)."""
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    if cache_dir is not None:
+        return InversionCache(cache_dir).invert(pipe, clip.frames, settings, generator, save=write)
+    return pipe.invert_video(clip.frames, generator=generator, **settings.pipeline_kwargs(for_inversion=True))
+
+
+def edit_prompts(
+    pipe,
+    video: str | os.PathLike,
+    outputs: Sequence[str | os.PathLike],
+    settings: EditSettings,
+    prompts: Sequence[str],
+    clip: Video | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    write: bool = True,
+    controls: list[torch.Tensor] | None = None,
+    on_prompt: Callable[[int, str], None] | None = None,
+) -> Iterator[PromptEdit]:
+    """Edit ``video`` once per prompt from one inversion, yielding each outcome as it is written.
+
+    Flow, VAE encoding and inversion do not depend on the prompt, so they run once; each prompt
+    then costs only its sampling and decoding, and gives the same video as an edit of that prompt
+    alone (its sampling is seeded with ``settings.seed`` afresh). A prompt that fails is yielded
+    with its error and the next one runs; the caller decides what a failure means.
+
+    Args:
+        outputs: one path per prompt (:func:`prompt_outputs`).
+        settings: every option but the prompt, which ``prompts`` gives.
+        clip, cache_dir, write, controls: as for :func:`edit_video`.
+        on_prompt: called with (index, prompt) before each prompt's sampling, for progress.
+    """
+    if len(outputs) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts and {len(outputs)} outputs: give one output per prompt")
+    if clip is None:
+        clip = prepare_source(video, dataclasses.replace(settings, prompt=prompts[0] if prompts else ""), outputs[0] if outputs else None)
+    if settings.control and controls is None:
+        controls = control_images(clip, settings)
+    with controlled(pipe, controls, settings):
+        inversion = invert_source(pipe, clip, settings, cache_dir, write)
+        for index, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
+            if on_prompt is not None:
+                on_prompt(index, prompt)
+            try:
+                generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+                kwargs = dataclasses.replace(settings, prompt=prompt).pipeline_kwargs()
+                result = pipe(clip.frames, generator=generator, inversion=inversion, output_type="pt", **kwargs)
+                written = pathlib.Path(output)
+                if write:
+                    written = write_video(result.frames, output, fps=settings.fps or clip.fps,
+                                          side_by_side=clip.frames if settings.side_by_side else None)
+            except Exception as error:  # noqa: BLE001 - reported per prompt; the others still run
+                yield PromptEdit(index, prompt, pathlib.Path(output), error)
+                continue
+            yield PromptEdit(index, prompt, written)
+
+
 def edit_video(
     pipe,
     video: str | os.PathLike,
@@ -178,19 +296,8 @@ def edit_video(
     """
     if clip is None:
         clip = prepare_source(video, settings, output)
-    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-    inversion = None
-    if settings.control and controls is None:
-        controls = control_images(clip, settings)
-    with controlled(pipe, controls, settings):
-        if cache_dir is not None:
-            inversion = InversionCache(cache_dir).invert(pipe, clip.frames, settings, generator, save=write)
-        result = pipe(clip.frames, generator=generator, inversion=inversion, output_type="pt", **settings.pipeline_kwargs())
-    if not write:
-        return pathlib.Path(output)
-    return write_video(
-        result.frames,
-        output,
-        fps=settings.fps or clip.fps,
-        side_by_side=clip.frames if settings.side_by_side else None,
-    )
+    (outcome,) = edit_prompts(pipe, video, [output], settings, [settings.prompt], clip=clip, cache_dir=cache_dir,
+                              write=write, controls=controls)
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.output
