@@ -55,7 +55,15 @@ def prompts(name, style="watercolor painting"):
     return [name, f"a {name}", f"a {name}, {style}", f"a cat instead of a {name}", f"a {name} on the moon", f"a cat on the moon, {style}"]
 
 
-OFFICIAL_ROWS = [["DAVIS_480p", "", "", "", "", ""], prompts("dog"), ["videvo_480p", "", "", "", "", ""], prompts("car")]
+def subset_row(name):
+    """A subset row of the official CSV: the name in 'Video name', the other cells empty."""
+    return [name, "", "", "", "", ""]
+
+
+BLANK = subset_row("")
+
+# The official LOVEU-TGVE-2023_Dataset.csv form (DESIGN.md 6): header first, "<Subset> Videos:" rows.
+OFFICIAL_ROWS = [subset_row("DAVIS Videos:"), prompts("dog"), BLANK, subset_row("Videvo Videos:"), prompts("car")]
 
 
 @pytest.fixture
@@ -177,10 +185,10 @@ def test_resume_skips_finished_items(tmp_path, tgve, run, monkeypatch, shared_pi
 # ----------------------------------------------------------------------------- bad input
 
 
-BAD_ROWS = [
-    ["DAVIS_480p", "", "", "", "", ""],
+BAD_ROWS = [  # subset rows naming the folders: a lenient form
+    subset_row("DAVIS_480p"),
     ["dog", "a dog", "", "a cat", "a dog on the moon", "a cat on the moon"],  # empty style prompt
-    ["videvo_480p", "", "", "", "", ""],
+    subset_row("videvo_480p"),
     prompts("car"),  # its folder holds no frames
 ]
 
@@ -260,6 +268,51 @@ def test_csv_forms(tmp_path):
     assert dataset.split_name(items[4].subset) == "YouTube"
     assert len(dataset.select_items(items, subsets=["DAVIS"], edits=["style", "object"])) == 2
     assert [i.name for i in dataset.select_items(items, limit=1)] == ["DAVIS_480p/v/style"]
+
+
+def test_official_csv_form(tmp_path):
+    """The file as LOVEU-TGVE-2023 ships it: header on the first line, a "<Subset> Videos:" row
+    opening each subset, blank rows between subsets; frames in <subset>_480p/480p_frames/<video>."""
+    root = tmp_path / "tgve"
+    videos = {"DAVIS_480p": ["blackswan", "car-turn"], "youtube_480p": ["salsa"], "videvo_480p": ["swans"]}
+    for subset, names in videos.items():
+        for name in names:
+            (root / subset / "480p_frames" / name).mkdir(parents=True)
+    rows = [
+        subset_row("DAVIS Videos:"), prompts("blackswan"), prompts("car-turn"), BLANK,
+        subset_row("Youtube Videos:"), prompts("salsa"), BLANK,
+        subset_row("Videvo Videos:"), prompts("swans"),
+    ]
+    with open(root / "LOVEU-TGVE-2023_Dataset.csv", "w", newline="") as file:
+        csv.writer(file).writerows([HEADER, *rows])
+    assert (root / "LOVEU-TGVE-2023_Dataset.csv").read_text().splitlines()[:3] == [
+        ",".join(HEADER), "DAVIS Videos:,,,,,", "blackswan,a blackswan,\"a blackswan, watercolor painting\",a cat instead of a blackswan,a blackswan on the moon,\"a cat on the moon, watercolor painting\""
+    ]
+
+    items = dataset.load_items(root, dataset.find_csv(root))
+    assert [i.error for i in items] == [None] * 16
+    expected = [(subset, name, edit) for subset, names in videos.items() for name in names for edit in dataset.EDITS]
+    assert [(i.subset, i.video, i.edit) for i in items] == expected
+    assert [dataset.split_name(i.subset) for i in items[::4]] == ["TGVE-D (DAVIS)", "TGVE-D (DAVIS)", "YouTube", "TGVE-V (Videvo)"]
+    swans = items[12:]
+    assert [i.prompt for i in swans] == prompts("swans")[2:] and {i.caption for i in swans} == {"a swans"}
+    assert {i.frames_dir for i in swans} == {root / "videvo_480p/480p_frames/swans"}
+    assert [i.name for i in dataset.select_items(items, subsets=["Youtube Videos:"])] == [f"youtube_480p/salsa/{e}" for e in dataset.EDITS]
+
+
+def test_rows_without_a_known_subset_name_the_subset_rows(tmp_path):
+    root = tmp_path / "tgve"
+    (root / "DAVIS_480p" / "480p_frames" / "dog").mkdir(parents=True)
+    rows = [prompts("early"), subset_row("DAVIS Videos:"), prompts("dog"), BLANK, subset_row("Vimeo Videos:"), prompts("cat")]
+    with open(root / "captions.csv", "w", newline="") as file:
+        csv.writer(file).writerows([HEADER, *rows])
+    items = dataset.load_items(root, dataset.find_csv(root))
+    early, dog, cat = items[0], items[4], items[8]
+    assert dog.error is None and dog.subset == "DAVIS_480p"
+    seen = f"subset rows in captions.csv: 'DAVIS Videos:', 'Vimeo Videos:'; folders in {root}: DAVIS_480p"
+    assert early.error == f"line 2 comes before any subset row and the CSV has no subset column ({seen})"
+    assert cat.error == f"no folder for subset 'Vimeo Videos:' of line 7 ({seen})"
+    assert cat.subset == "Vimeo Videos:" and dataset.split_name(cat.subset) == "Vimeo Videos:"
 
 
 def test_shard_splits_whole_videos_across_processes():
