@@ -55,7 +55,15 @@ def prompts(name, style="watercolor painting"):
     return [name, f"a {name}", f"a {name}, {style}", f"a cat instead of a {name}", f"a {name} on the moon", f"a cat on the moon, {style}"]
 
 
-OFFICIAL_ROWS = [["DAVIS_480p", "", "", "", "", ""], prompts("dog"), ["videvo_480p", "", "", "", "", ""], prompts("car")]
+def subset_row(name):
+    """A subset row of the official CSV: the name in 'Video name', the other cells empty."""
+    return [name, "", "", "", "", ""]
+
+
+BLANK = subset_row("")
+
+# The official LOVEU-TGVE-2023_Dataset.csv form (DESIGN.md 6): header first, "<Subset> Videos:" rows.
+OFFICIAL_ROWS = [subset_row("DAVIS Videos:"), prompts("dog"), BLANK, subset_row("Videvo Videos:"), prompts("car")]
 
 
 @pytest.fixture
@@ -122,6 +130,7 @@ def test_bench_end_to_end(tmp_path, tgve, run, monkeypatch, capsys):
     assert record["prompt"] == "a cat instead of a dog"
     assert record["split"] == "TGVE-D (DAVIS)"
     assert record["settings"]["steps"] == 2 and record["settings"]["flow"] == "dis"
+    assert record["settings"]["frame_pairs"] == "all"  # CLIP-F over all ordered pairs of distinct frames
     assert record["frames"]["count"] == 3 and (record["frames"]["width"], record["frames"]["height"]) == (64, 64)
     assert set(record["scores"]) == {"clip_t", "clip_f", "e_warp", "s_edit", "pick_score"}
     assert record["scores"]["clip_t"] == pytest.approx(record["scores_raw"]["clip_t"] * 100)
@@ -134,11 +143,13 @@ def test_bench_end_to_end(tmp_path, tgve, run, monkeypatch, capsys):
         rows = {row["split"]: row for row in csv.DictReader(file)}
     assert list(rows) == ["TGVE-D (DAVIS)", "TGVE-V (Videvo)", "Overall"]
     assert [rows[s]["edits"] for s in rows] == ["4", "4", "8"] and rows["Overall"]["videos"] == "2"
+    assert {row["clip_f_pairs"] for row in rows.values()} == {"all"}
     records = [json.loads(p.read_text()) for p in (out / "items").rglob("*.json")]
     mean_clip_t = sum(r["scores"]["clip_t"] for r in records) / 8
     assert float(rows["Overall"]["clip_t"]) == pytest.approx(mean_clip_t, abs=1e-3)
     markdown = (out / "summary.md").read_text()
     assert "| TGVE-D (DAVIS) | 1 | 4 |" in markdown and "| Overall | 2 | 8 |" in markdown
+    assert "CLIP-F: mean cosine over all ordered pairs of distinct frames (frame_pairs=all)." in markdown
     assert "| Overall | 2 | 8 |" in capsys.readouterr().out
 
 
@@ -177,10 +188,10 @@ def test_resume_skips_finished_items(tmp_path, tgve, run, monkeypatch, shared_pi
 # ----------------------------------------------------------------------------- bad input
 
 
-BAD_ROWS = [
-    ["DAVIS_480p", "", "", "", "", ""],
+BAD_ROWS = [  # subset rows naming the folders: a lenient form
+    subset_row("DAVIS_480p"),
     ["dog", "a dog", "", "a cat", "a dog on the moon", "a cat on the moon"],  # empty style prompt
-    ["videvo_480p", "", "", "", "", ""],
+    subset_row("videvo_480p"),
     prompts("car"),  # its folder holds no frames
 ]
 
@@ -206,12 +217,25 @@ def test_fail_fast_stops_at_the_first_failure(tmp_path, run, shared_pipe, capsys
     assert last.startswith("flatten-video: error: DAVIS_480p/dog/style: empty 'style' prompt")
 
 
-def test_unloadable_metrics_model_fails_the_item_only(tmp_path, tgve, run, shared_pipe, capsys):
-    assert run(tgve, "--limit", "1", "--clip-model", str(tmp_path / "no-such-clip")) == 1
-    failures = json.loads((tmp_path / "out" / "failures.json").read_text())
-    assert [f["item"] for f in failures] == ["DAVIS_480p/dog/style"]
-    assert "does not exist" in failures[0]["error"]
-    assert (tmp_path / "out/items/DAVIS_480p/dog/style.mp4").exists()  # the edit itself was kept
+@pytest.mark.parametrize("flag", ["--clip-model", "--pick-model"])
+def test_unloadable_metrics_model_stops_the_run_before_any_edit(tmp_path, tgve, run, flag, monkeypatch, capsys):
+    inversions, samples = count_calls(monkeypatch, "invert_video"), count_calls(monkeypatch, "sample")
+    monkeypatch.setattr(runner, "load_pipeline", lambda *args: pytest.fail("Stable Diffusion loaded before the metrics models"))
+    assert run(tgve, flag, str(tmp_path / "no-such-model")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"flatten-video: error: cannot load the metrics model of {flag}, so nothing was edited: ")
+    assert "no-such-model' does not exist" in err[0]
+    assert inversions == [] and samples == [] and not (tmp_path / "out" / "items").exists()
+
+
+def test_frame_pairs_consecutive_is_named_in_the_summary(tmp_path, tgve, run, shared_pipe):
+    assert run(tgve, "--limit", "1", "--frame-pairs", "consecutive") == 0
+    out = tmp_path / "out"
+    record = json.loads((out / "items/DAVIS_480p/dog/style.json").read_text())
+    assert record["settings"]["frame_pairs"] == "consecutive"
+    assert "CLIP-F: mean cosine over consecutive frames (frame_pairs=consecutive)." in (out / "summary.md").read_text()
+    with open(out / "summary.csv") as file:
+        assert {row["clip_f_pairs"] for row in csv.DictReader(file)} == {"consecutive"}
 
 
 @pytest.mark.parametrize(
@@ -260,6 +284,51 @@ def test_csv_forms(tmp_path):
     assert dataset.split_name(items[4].subset) == "YouTube"
     assert len(dataset.select_items(items, subsets=["DAVIS"], edits=["style", "object"])) == 2
     assert [i.name for i in dataset.select_items(items, limit=1)] == ["DAVIS_480p/v/style"]
+
+
+def test_official_csv_form(tmp_path):
+    """The file as LOVEU-TGVE-2023 ships it: header on the first line, a "<Subset> Videos:" row
+    opening each subset, blank rows between subsets; frames in <subset>_480p/480p_frames/<video>."""
+    root = tmp_path / "tgve"
+    videos = {"DAVIS_480p": ["blackswan", "car-turn"], "youtube_480p": ["salsa"], "videvo_480p": ["swans"]}
+    for subset, names in videos.items():
+        for name in names:
+            (root / subset / "480p_frames" / name).mkdir(parents=True)
+    rows = [
+        subset_row("DAVIS Videos:"), prompts("blackswan"), prompts("car-turn"), BLANK,
+        subset_row("Youtube Videos:"), prompts("salsa"), BLANK,
+        subset_row("Videvo Videos:"), prompts("swans"),
+    ]
+    with open(root / "LOVEU-TGVE-2023_Dataset.csv", "w", newline="") as file:
+        csv.writer(file).writerows([HEADER, *rows])
+    assert (root / "LOVEU-TGVE-2023_Dataset.csv").read_text().splitlines()[:3] == [
+        ",".join(HEADER), "DAVIS Videos:,,,,,", "blackswan,a blackswan,\"a blackswan, watercolor painting\",a cat instead of a blackswan,a blackswan on the moon,\"a cat on the moon, watercolor painting\""
+    ]
+
+    items = dataset.load_items(root, dataset.find_csv(root))
+    assert [i.error for i in items] == [None] * 16
+    expected = [(subset, name, edit) for subset, names in videos.items() for name in names for edit in dataset.EDITS]
+    assert [(i.subset, i.video, i.edit) for i in items] == expected
+    assert [dataset.split_name(i.subset) for i in items[::4]] == ["TGVE-D (DAVIS)", "TGVE-D (DAVIS)", "YouTube", "TGVE-V (Videvo)"]
+    swans = items[12:]
+    assert [i.prompt for i in swans] == prompts("swans")[2:] and {i.caption for i in swans} == {"a swans"}
+    assert {i.frames_dir for i in swans} == {root / "videvo_480p/480p_frames/swans"}
+    assert [i.name for i in dataset.select_items(items, subsets=["Youtube Videos:"])] == [f"youtube_480p/salsa/{e}" for e in dataset.EDITS]
+
+
+def test_rows_without_a_known_subset_name_the_subset_rows(tmp_path):
+    root = tmp_path / "tgve"
+    (root / "DAVIS_480p" / "480p_frames" / "dog").mkdir(parents=True)
+    rows = [prompts("early"), subset_row("DAVIS Videos:"), prompts("dog"), BLANK, subset_row("Vimeo Videos:"), prompts("cat")]
+    with open(root / "captions.csv", "w", newline="") as file:
+        csv.writer(file).writerows([HEADER, *rows])
+    items = dataset.load_items(root, dataset.find_csv(root))
+    early, dog, cat = items[0], items[4], items[8]
+    assert dog.error is None and dog.subset == "DAVIS_480p"
+    seen = f"subset rows in captions.csv: 'DAVIS Videos:', 'Vimeo Videos:'; folders in {root}: DAVIS_480p"
+    assert early.error == f"line 2 comes before any subset row and the CSV has no subset column ({seen})"
+    assert cat.error == f"no folder for subset 'Vimeo Videos:' of line 7 ({seen})"
+    assert cat.subset == "Vimeo Videos:" and dataset.split_name(cat.subset) == "Vimeo Videos:"
 
 
 def test_shard_splits_whole_videos_across_processes():
@@ -347,6 +416,7 @@ def test_eval_prints_a_table(edit_pair, clip_path, capsys):
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["CLIP-T", "CLIP-F", "Ewarp", "Sedit", "PickScore"]
+    assert lines[1].endswith("over all ordered pairs of distinct frames")
     assert lines[-1].split()[1] == "n/a"
 
 
@@ -359,9 +429,15 @@ def test_eval_json(edit_pair, clip_path, capsys):
     record = json.loads(capsys.readouterr().out)
     edited, source = (read_video(path, 4).frames for path in edit_pair)
     expected = evaluate_video(edited, source, "a red dog", clip_model=clip_path, pick_model=clip_path,
-                              pick_processor=clip_path, flow_method="dis", device="cpu")
+                              pick_processor=clip_path, flow_method="dis", device="cpu", frame_pairs="all")
     assert record["scores"] == pytest.approx(expected.to_table_units())
-    assert record["frames"] == 4 and record["prompt"] == "a red dog"
+    assert record["frames"] == 4 and record["prompt"] == "a red dog" and record["frame_pairs"] == "all"
+
+    assert main([*argv, "--frame-pairs", "consecutive"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    consecutive = evaluate_video(edited, source, "a red dog", clip_model=clip_path, pick_model=None,
+                                 flow_method="dis", device="cpu", frame_pairs="consecutive")
+    assert record["frame_pairs"] == "consecutive" and record["scores"]["clip_f"] == pytest.approx(consecutive.clip_f * 100)
 
 
 def test_eval_reports_too_few_frames_in_one_line(edit_pair, clip_path, capsys):

@@ -6,8 +6,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # never touch the network, even by accident
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from flatten_video.eval import metrics
 from flatten_video.eval.metrics import (
@@ -23,7 +25,7 @@ from flatten_video.eval.metrics import (
     warp_error,
 )
 
-from metrics_fixtures import CLIP_MEAN, CLIP_STD, moving_texture, recolour, translation_flows
+from metrics_fixtures import CLIP_IMAGE_SIZE, CLIP_MEAN, CLIP_STD, moving_texture, recolour, translation_flows
 
 PROMPT = "a cat in the snow"
 
@@ -37,18 +39,32 @@ def _frames(count, size=32, seed=0):
     return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+def _reference_pixels(frames):
+    """LOVEU-TGVE's evaluation by hand, frame by frame: 8-bit RGB, PIL bicubic resize to 480x480,
+    then what the tiny CLIP's processor does to a square image (PIL bicubic to 32x32, nothing left
+    to crop, rescale, normalise)."""
+    pixels = []
+    for frame in frames:
+        array = (frame * 255).round().byte().permute(1, 2, 0).numpy()
+        image = Image.fromarray(array).resize((480, 480), Image.BICUBIC).resize((CLIP_IMAGE_SIZE,) * 2, Image.BICUBIC)
+        pixel = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+        pixels.append((pixel - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None])
+    return torch.stack(pixels)
+
+
+def _reference_embeds(model, frames):
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=_reference_pixels(frames))
+    return torch.nn.functional.normalize(getattr(features, "pooler_output", features), dim=-1)
+
+
 def _reference_cosines(model, processor, frames, prompt):
-    """cos(image, text) per frame with hand-made CLIP preprocessing of 32x32 frames
-    (no resize or crop needed: only quantise to 8 bits, rescale, normalise)."""
-    pixels = (frames * 255).round() / 255
-    pixels = (pixels - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    """cos(image, text) per frame, the frames prepared by :func:`_reference_pixels`."""
     text = processor.tokenizer([prompt], return_tensors="pt")
     with torch.no_grad():
-        image_features = model.get_image_features(pixel_values=pixels)
         text_features = model.get_text_features(**text)
-    image_features = getattr(image_features, "pooler_output", image_features)
     text_features = getattr(text_features, "pooler_output", text_features)
-    return torch.nn.functional.cosine_similarity(image_features, text_features)
+    return torch.nn.functional.cosine_similarity(_reference_embeds(model, frames), text_features)
 
 
 # ----------------------------------------------------------------------------- CLIP
@@ -66,9 +82,30 @@ def test_clip_text_score_is_mean_over_frames_and_batching_does_not_matter(clip_p
     assert clip_text_score(frames, PROMPT, clip, batch_size=2) == pytest.approx(expected, abs=1e-5)
 
 
-def test_processor_resizes_frames_of_other_sizes(clip):
-    frames = torch.rand(2, 3, 48, 64)
-    assert -1 <= clip_text_score(frames, PROMPT, clip) <= 1
+def test_frames_are_resized_to_480x480_before_the_processor(clip_path, clip):
+    """A non-square clip is scored as its 480x480 resize (the whole frame, squeezed), not as the
+    processor's centre crop of it."""
+    model, processor = clip
+    frames = _frames(3, seed=7)[..., :24, :]
+    frames = torch.nn.functional.interpolate(frames, size=(40, 64), mode="bilinear")  # 40x64, smooth
+    expected = _reference_cosines(model, processor, frames, PROMPT)
+    assert clip_text_score(frames, PROMPT, clip_path) == pytest.approx(expected.mean().item(), abs=1e-5)
+    embeds = _reference_embeds(model, frames)
+    assert clip_frame_score(frames, clip) == pytest.approx(((embeds @ embeds.T).sum().item() - 3) / 6, abs=1e-5)
+    # The test can tell: handing the processor the frames as they are scores something else.
+    as_is = processor(images=list((frames * 255).round().byte().permute(0, 2, 3, 1).numpy()), return_tensors="pt")
+    with torch.no_grad():
+        crop = model.get_image_features(**as_is)
+    crop = torch.nn.functional.normalize(getattr(crop, "pooler_output", crop), dim=-1)
+    assert (crop * embeds).sum(-1).min() < 0.999
+
+
+def test_clip_processor_resizes_with_pil_as_the_official_evaluation(clip):
+    """transformers 5 would pick its torchvision backend, whose resize differs slightly."""
+    from transformers import __version__
+
+    expected = "CLIPImageProcessorPil" if int(__version__.split(".")[0]) >= 5 else "CLIPImageProcessor"
+    assert type(clip[1].image_processor).__name__ == expected
 
 
 def test_identical_frames_give_clip_f_one(clip):
@@ -87,13 +124,12 @@ def test_clip_f_all_and_consecutive_agree_on_two_frames(clip):
 def test_clip_f_pairs(clip):
     model, processor = clip
     frames = _frames(3, seed=3)
-    pixels = processor(images=list((frames * 255).round().byte().permute(0, 2, 3, 1).numpy()), return_tensors="pt")
-    with torch.no_grad():
-        embeds = model.get_image_features(**pixels)
-    embeds = torch.nn.functional.normalize(getattr(embeds, "pooler_output", embeds), dim=-1)
-    sim = embeds @ embeds.T
+    sim = _reference_embeds(model, frames) @ _reference_embeds(model, frames).T
+    all_pairs = ((sim[0, 1] + sim[0, 2] + sim[1, 2]) / 3).item()
     assert clip_frame_score(frames, clip, pairs="consecutive") == pytest.approx(((sim[0, 1] + sim[1, 2]) / 2).item(), abs=1e-5)
-    assert clip_frame_score(frames, clip, pairs="all") == pytest.approx(((sim[0, 1] + sim[0, 2] + sim[1, 2]) / 3).item(), abs=1e-5)
+    assert clip_frame_score(frames, clip, pairs="all") == pytest.approx(all_pairs, abs=1e-5)
+    assert clip_frame_score(frames, clip) == pytest.approx(all_pairs, abs=1e-5)  # the default: all pairs
+    assert abs(all_pairs - ((sim[0, 1] + sim[1, 2]) / 2).item()) > 1e-4  # the two differ on these frames
     with pytest.raises(ValueError):
         clip_frame_score(frames[:1], clip)
     with pytest.raises(ValueError):
@@ -237,7 +273,10 @@ def test_evaluate_video_combines_the_metrics(clip_path, clip, moving):
     shuffled_edit = edit[torch.tensor([0, 3, 1, 4, 2])]
     scores = evaluate_video(shuffled_edit, source, PROMPT, clip_model=clip_path, pick_model=clip, flows=flows)
     assert scores.clip_t == pytest.approx(clip_text_score(shuffled_edit, PROMPT, clip), abs=1e-6)
-    assert scores.clip_f == pytest.approx(clip_frame_score(shuffled_edit, clip, pairs="consecutive"), abs=1e-6)
+    assert scores.clip_f == pytest.approx(clip_frame_score(shuffled_edit, clip, pairs="all"), abs=1e-6)  # the default
+    consecutive = evaluate_video(shuffled_edit, source, PROMPT, clip_model=clip, pick_model=None, flows=flows, frame_pairs="consecutive")
+    assert consecutive.clip_f == pytest.approx(clip_frame_score(shuffled_edit, clip, pairs="consecutive"), abs=1e-6)
+    assert consecutive.clip_f != pytest.approx(scores.clip_f, abs=1e-6)
     assert scores.e_warp == pytest.approx(warp_error(shuffled_edit, source, flows=flows))
     assert scores.s_edit == pytest.approx(scores.clip_t / scores.e_warp)
     assert scores.pick_score == pytest.approx(pick_score(shuffled_edit, PROMPT, clip), rel=1e-5)

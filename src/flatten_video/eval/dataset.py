@@ -2,7 +2,12 @@
 (video, edit) items a benchmark run edits.
 
     DATA_DIR/LOVEU-TGVE-2023_Dataset.csv            captions, one row per video
-    DATA_DIR/<subset>/480p_frames/<video>/*.jpg     e.g. DAVIS_480p, youtube_480p, videvo_480p
+    DATA_DIR/<subset>/480p_frames/<video>/*.jpg     DAVIS_480p, youtube_480p, videvo_480p
+
+The official CSV has its header on the first line (``Video name``, ``Our GT caption``, ``Style
+Change Caption``, ``Object Change Caption``, ``Background Change Caption``, ``Multiple Changes
+Caption``) and opens each subset with a row whose ``Video name`` is ``DAVIS Videos:``, ``Youtube
+Videos:`` or ``Videvo Videos:`` and whose other cells are empty, with blank rows between subsets.
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ def _norm(text: str) -> str:
 
 
 def subset_key(name: str) -> str:
-    """'DAVIS', 'DAVIS_480p' and ' davis 480p' -> 'davis': how CSV subset names meet folders."""
-    return re.sub(r"480p$", "", _norm(name).replace(" ", ""))
+    """'DAVIS Videos:', 'DAVIS', 'DAVIS_480p' and ' davis 480p' -> 'davis': how CSV subset rows meet folders."""
+    key = _norm(name).replace(" ", "").rstrip(":")
+    return re.sub(r"480p$", "", re.sub(r"videos?$", "", key))
 
 
 def split_name(subset: str) -> str:
@@ -90,14 +96,27 @@ def _column_roles(header: list[str]) -> dict[str, int]:
     return roles
 
 
+def _subset_row(cells: list[str], known: set[str]) -> str | None:
+    """The subset a row opens, or None when it is no subset row.
+
+    A subset row has one filled cell that ends with ':' (the official "DAVIS Videos:") or names a
+    known subset or a folder of the data folder ("DAVIS_480p", "youtube"). Any other one-cell row
+    is a video whose prompts are empty.
+    """
+    filled = [c for c in cells if c]
+    if len(filled) == 1 and (filled[0].endswith(":") or subset_key(filled[0]) in known):
+        return filled[0]
+    return None
+
+
 def load_items(data_dir: pathlib.Path, csv_path: pathlib.Path) -> list[Item]:
     """Every (video, edit) of a LOVEU-TGVE captions CSV, in file order.
 
-    The official file introduces each subset with a row whose only filled cell names it
-    ("DAVIS_480p", "youtube_480p", ...); a "subset" column works too. A one-cell row counts as a
-    subset header when it names a folder of ``data_dir`` or a known subset, otherwise it is a
-    video whose prompts are empty. Problems of single rows become item errors; a file with no
-    usable header raises :class:`BenchError`.
+    The header is the first row that names a video column and the four edit columns. Each subset
+    starts with a subset row (see :func:`_subset_row`: the official ``DAVIS Videos:``, or the
+    folder's name); a "subset" column works too. Blank rows are skipped. Problems of single rows
+    (empty prompt, a subset without a folder, a row before any subset row) become item errors; a
+    file with no usable header raises :class:`BenchError`.
     """
     try:
         rows = list(csv.reader(csv_path.read_text(encoding="utf-8-sig").splitlines()))
@@ -112,22 +131,27 @@ def load_items(data_dir: pathlib.Path, csv_path: pathlib.Path) -> list[Item]:
     roles = _column_roles(rows[header_at])
     if not data_dir.is_dir():
         raise BenchError(f"not a folder: {data_dir}")
-    folders = {subset_key(p.name): p for p in data_dir.iterdir() if p.is_dir()}
+    folders = {subset_key(p.name): p for p in sorted(data_dir.iterdir()) if p.is_dir()}
     known = folders.keys() | {keyword for keyword, _ in SPLITS}
+    lines = [(line, [c.strip() for c in row]) for line, row in enumerate(rows[header_at + 1 :], start=header_at + 2)]
+    # Named in the errors of rows that find no subset, so the reader sees what the file holds.
+    seen = [subset for _, cells in lines if (subset := _subset_row(cells, known))]
+    context = (
+        f"subset rows in {csv_path.name}: {', '.join(repr(s) for s in seen) or 'none'}; "
+        f"folders in {data_dir}: {', '.join(p.name for p in folders.values()) or 'none'}"
+    )
 
     items, subset = [], ""
-    for line, row in enumerate(rows[header_at + 1 :], start=header_at + 2):
-        cells = [c.strip() for c in row]
-        filled = [c for c in cells if c]
-        if not filled:
+    for line, cells in lines:
+        if not any(cells):
             continue
-        if len(filled) == 1 and subset_key(filled[0]) in known:
-            subset = filled[0]
+        if opened := _subset_row(cells, known):
+            subset = opened
             continue
         cell = lambda role: cells[roles[role]] if role in roles and roles[role] < len(cells) else ""  # noqa: E731
         row_subset = cell("subset") or subset
         folder = folders.get(subset_key(row_subset))
-        frames_dir, error = _frames_dir(folder, row_subset, cell("video"), line)
+        frames_dir, error = _frames_dir(folder, row_subset, cell("video"), line, context)
         video = cell("video") or f"line-{line}"
         for edit in EDITS:
             prompt = cell(edit)
@@ -137,12 +161,12 @@ def load_items(data_dir: pathlib.Path, csv_path: pathlib.Path) -> list[Item]:
     return items
 
 
-def _frames_dir(folder: pathlib.Path | None, subset: str, video: str, line: int):
+def _frames_dir(folder: pathlib.Path | None, subset: str, video: str, line: int, context: str):
     """(frames folder, None) or (None, why not) for a video of a subset."""
     if not subset:
-        return None, f"line {line} comes before any subset row and the CSV has no subset column"
+        return None, f"line {line} comes before any subset row and the CSV has no subset column ({context})"
     if folder is None:
-        return None, f"no folder for subset {subset!r} in the data folder"
+        return None, f"no folder for subset {subset!r} of line {line} ({context})"
     if not video:
         return None, f"no video name on line {line}"
     candidates = [folder / "480p_frames" / video, folder / video]

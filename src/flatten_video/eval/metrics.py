@@ -6,8 +6,9 @@ papers print.
 
 - CLIP-T (:func:`clip_text_score`): mean cosine between each frame's CLIP image embedding
   and the prompt's text embedding (tables: x100).
-- CLIP-F (:func:`clip_frame_score`): mean cosine between the CLIP embeddings of consecutive
-  frames (tables: x100), or of all pairs of distinct frames (LOVEU-TGVE).
+- CLIP-F (:func:`clip_frame_score`): mean cosine between the CLIP embeddings of all ordered
+  pairs of distinct frames (the paper's "all frames", LOVEU-TGVE's evaluation; tables: x100), or
+  of consecutive frames (``pairs="consecutive"``).
 - Ewarp (:func:`warp_error`): flow warping error of Lai et al. (ECCV 2018), with the flow of
   the *source* video (tables: x1000).
 - Sedit (:func:`edit_score`): CLIP-T / Ewarp on raw values.
@@ -15,6 +16,19 @@ papers print.
 
 CLIP-like models are given as a hub id, a local folder, or an already loaded
 ``(model, processor)`` tuple; :func:`load_clip` loads and caches them.
+
+Frames reach CLIP as in LOVEU-TGVE-2023's official evaluation (``scripts/run_eval.py``): 8-bit
+RGB, resized to 480x480 with PIL's bicubic filter (its ``Image.resize`` default), then the
+model's CLIP processor with its PIL backend (shortest side to the model's size, bicubic, centre
+crop, normalise). Remaining differences from that script:
+
+- it reads the submitted frames back from JPEG files; here frames are rounded to 8 bits but not
+  JPEG-compressed, so its scores of the same edit differ by the JPEG loss;
+- CLIP-T: it averages ``logit_scale.exp() * cos`` (100 * cos for CLIP ViT-L/14); here the raw
+  cosine, which :meth:`Scores.to_table_units` multiplies by 100 (the same number);
+- PickScore: it loads ``pickapic-anonymous/PickScore_v1``, the review-time name of the
+  checkpoint; the default here is its authors' name for it, ``yuvalkirstain/PickScore_v1``;
+- it takes cosines in float32; here in float64.
 """
 
 from __future__ import annotations
@@ -28,14 +42,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..flow import estimate_flow
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 DEFAULT_PICK_MODEL = "yuvalkirstain/PickScore_v1"
 DEFAULT_PICK_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+#: (width, height) every frame is resized to before the CLIP processor, as LOVEU-TGVE's evaluation does.
+EVAL_FRAME_SIZE = (480, 480)
+
+#: CLIP-F's frame pairs: option value -> what the mean is over (the first is the default).
+FRAME_PAIRS = {"all": "all ordered pairs of distinct frames", "consecutive": "consecutive frames"}
+DEFAULT_FRAME_PAIRS = "all"
 
 # A model argument: hub id, local folder, or a loaded (CLIPModel, CLIPProcessor) pair.
 ModelSpec = Union[str, os.PathLike, tuple]
@@ -78,7 +101,11 @@ def load_clip(
 
 @functools.lru_cache(maxsize=2)  # CLIP-L and PickScore (ViT-H) together are ~5 GB: keep it small
 def _load_clip_cached(model_name: str, processor_name: str, device: str) -> tuple[Any, Any]:
-    from transformers import CLIPModel, CLIPProcessor
+    from transformers import CLIPModel, CLIPProcessor, __version__
+
+    # The official evaluation ran the processor on PIL (transformers 4's default); transformers 5
+    # defaults to a torchvision backend whose resize differs slightly, so ask for PIL there.
+    pil_backend = {"backend": "pil"} if int(__version__.split(".")[0]) >= 5 else {}
 
     for name in {model_name, processor_name}:
         # A path-looking name that does not exist would otherwise be sent to the hub as a
@@ -98,11 +125,12 @@ def _load_clip_cached(model_name: str, processor_name: str, device: str) -> tupl
         # Prefer safetensors; only insist on them where we can see they are there.
         use_safetensors = True if model_folder.is_dir() and any(model_folder.glob("*.safetensors")) else None
         model = CLIPModel.from_pretrained(local_or_id(model_name), use_safetensors=use_safetensors)
-        processor = CLIPProcessor.from_pretrained(local_or_id(processor_name))
+        processor = CLIPProcessor.from_pretrained(local_or_id(processor_name), **pil_backend)
     except Exception as error:  # OSError, HFValidationError, EnvironmentError... when offline
+        reason = (str(error).strip().splitlines() or [""])[0].rstrip(".")  # one line, so the advice below shows
         raise MetricModelError(
             f"Could not load the CLIP model {model_name!r} (processor {processor_name!r}): "
-            f"{error.__class__.__name__}: {error}. Download it while online "
+            f"{error.__class__.__name__}: {reason}. Download it while online "
             f"(`hf download {model_name}`, and the processor likewise) so it is in the Hugging Face cache, "
             f"or pass a local folder holding the model's config.json, weights and processor files."
         ) from error
@@ -141,16 +169,21 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
     return parameter.device, parameter.dtype
 
 
+def _eval_images(frames: torch.Tensor) -> list[Image.Image]:
+    """(F, 3, H, W) in [0, 1] -> 8-bit RGB images of :data:`EVAL_FRAME_SIZE`, resized as LOVEU-TGVE's
+    evaluation resizes the frames it reads (PIL, bicubic), whatever their size or aspect."""
+    arrays = (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(a)).resize(EVAL_FRAME_SIZE, Image.Resampling.BICUBIC) for a in arrays]
+
+
 @torch.no_grad()
 def _image_embeds(frames: torch.Tensor, model, processor, batch_size: int) -> torch.Tensor:
     """(F, 3, H, W) in [0, 1] -> (F, D) float64 unit-norm CLIP image embeddings."""
     device, dtype = _model_device_dtype(model)
-    # The processor is handed uint8 HWC arrays, i.e. exactly what it would get from the saved
-    # frames (PIL/PNG) that papers evaluate; it then resizes, crops and normalises as in training.
-    images = (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    images = _eval_images(frames)  # then the processor resizes, crops and normalises as in training
     embeds = []
     for start in range(0, len(images), batch_size):
-        inputs = processor(images=list(images[start : start + batch_size]), return_tensors="pt")
+        inputs = processor(images=images[start : start + batch_size], return_tensors="pt")
         pixels = inputs["pixel_values"].to(device=device, dtype=dtype)
         embeds.append(_features(model.get_image_features(pixel_values=pixels)).double().cpu())
     return F.normalize(torch.cat(embeds), dim=-1)
@@ -177,7 +210,7 @@ def _frame_similarity(embeds: torch.Tensor, pairs: str) -> float:
         similarity = embeds @ embeds.T
         # The matrix is symmetric, so ordered and unordered pairs give the same mean.
         return ((similarity.sum() - similarity.diagonal().sum()) / (count * (count - 1))).item()
-    raise ValueError(f"pairs must be 'all' or 'consecutive', got {pairs!r}")
+    raise ValueError(f"pairs must be one of {', '.join(map(repr, FRAME_PAIRS))}, got {pairs!r}")
 
 
 # --------------------------------------------------------------------------- CLIP metrics
@@ -213,17 +246,17 @@ def clip_frame_score(
     frames: torch.Tensor,
     model: ModelSpec = DEFAULT_CLIP_MODEL,
     *,
-    pairs: str = "all",
+    pairs: str = DEFAULT_FRAME_PAIRS,
     device: torch.device | str | None = None,
     batch_size: int = 16,
 ) -> float:
-    """Frame consistency: mean cosine between the frames' CLIP image embeddings.
+    """CLIP-F, frame consistency: mean cosine between the frames' CLIP image embeddings.
 
     Args:
         frames: (F, 3, H, W) float in [0, 1], F >= 2.
         model: hub id, local folder, or a loaded ``(CLIPModel, CLIPProcessor)`` pair.
-        pairs: ``"all"`` ordered pairs of distinct frames (LOVEU-TGVE), or ``"consecutive"``
-            frames (CLIP-F as FLATTEN-style tables report it, x100).
+        pairs: ``"all"`` ordered pairs of distinct frames (default: the paper's "all frames" and
+            LOVEU-TGVE's evaluation), or ``"consecutive"`` frames.
         device: where a model loaded here runs.
         batch_size: frames per forward pass.
     """
@@ -444,7 +477,7 @@ def evaluate_video(
     pick_processor: str | os.PathLike | None = DEFAULT_PICK_PROCESSOR,
     flow_method: str = "raft",
     flows: tuple[torch.Tensor, torch.Tensor] | None = None,
-    frame_pairs: str = "consecutive",
+    frame_pairs: str = DEFAULT_FRAME_PAIRS,
     device: torch.device | str | None = None,
     batch_size: int = 16,
 ) -> Scores:
@@ -458,7 +491,7 @@ def evaluate_video(
         pick_model: PickScore model (id, folder, or loaded pair), or None to skip it.
         pick_processor: processor location for an id/folder ``pick_model``.
         flow_method, flows: see :func:`warp_error`.
-        frame_pairs: pairs for CLIP-F, ``"consecutive"`` (default) or ``"all"``.
+        frame_pairs: pairs for CLIP-F, ``"all"`` (default) or ``"consecutive"``, see :func:`clip_frame_score`.
         device: where models loaded here and the warping run.
         batch_size: frames per CLIP forward pass.
     """

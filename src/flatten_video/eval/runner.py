@@ -32,7 +32,16 @@ from ..flow import FLOW_METHODS, estimate_flow
 from ..timing import timed
 from ..video import Video, read_video, write_video
 from .dataset import EDITS, BenchError, Item, find_csv, load_items, select_items, shard, split_name
-from .metrics import DEFAULT_CLIP_MODEL, DEFAULT_PICK_MODEL, DEFAULT_PICK_PROCESSOR, evaluate_video
+from .metrics import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_FRAME_PAIRS,
+    DEFAULT_PICK_MODEL,
+    DEFAULT_PICK_PROCESSOR,
+    FRAME_PAIRS,
+    MetricModelError,
+    evaluate_video,
+    load_clip,
+)
 from .records import finite_or_none, is_finished, item_path, write_json_atomic
 from .summary import METRICS, summarize, write_summary
 
@@ -58,7 +67,11 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pick-model", default=DEFAULT_PICK_MODEL, help=f"PickScore model, hub id or folder (default: {DEFAULT_PICK_MODEL})")
     group.add_argument("--pick-processor", default=DEFAULT_PICK_PROCESSOR, help=f"PickScore's processor (default: {DEFAULT_PICK_PROCESSOR})")
     group.add_argument("--no-pick-score", action="store_true", help="skip PickScore (its model is ~4 GB)")
-    group.add_argument("--frame-pairs", choices=("consecutive", "all"), default="consecutive", help="frame pairs of CLIP-F (default: consecutive)")
+    group.add_argument(
+        "--frame-pairs", choices=tuple(FRAME_PAIRS), default=DEFAULT_FRAME_PAIRS,
+        help=f"frame pairs of CLIP-F: all ({FRAME_PAIRS['all']}, as the paper and LOVEU-TGVE's evaluation) "
+        f"or consecutive (default: {DEFAULT_FRAME_PAIRS})",
+    )
 
 
 def metric_options(args: argparse.Namespace) -> dict:
@@ -69,6 +82,23 @@ def metric_options(args: argparse.Namespace) -> dict:
         pick_processor=args.pick_processor,
         frame_pairs=args.frame_pairs,
     )
+
+
+def load_metric_models(args: argparse.Namespace, device: str) -> dict:
+    """:func:`metric_options` with the CLIP and PickScore models loaded on ``device``.
+
+    ``bench`` calls it before the first edit, so a model that cannot be loaded stops the run in
+    one line instead of failing every item after its edit.
+    """
+    options = metric_options(args)
+    for key, flag, processor in (("clip_model", "--clip-model", None), ("pick_model", "--pick-model", "pick_processor")):
+        if options[key] is None:
+            continue
+        try:
+            options[key] = load_clip(options[key], options.get(processor) if processor else None, device=device)
+        except MetricModelError as error:
+            raise BenchError(f"cannot load the metrics model of {flag}, so nothing was edited: {error}") from error
+    return options
 
 
 # --------------------------------------------------------------------------- eval
@@ -90,13 +120,14 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         record = dict(
             edited=args.edited, source=args.source, prompt=args.prompt, frames=len(edited.frames),
-            scores=finite_or_none(table), scores_raw=finite_or_none(scores.as_dict()),
+            frame_pairs=args.frame_pairs, scores=finite_or_none(table), scores_raw=finite_or_none(scores.as_dict()),
         )
         print(json.dumps(record, indent=2))
     else:
         for key, name, unit in METRICS:
             value = table[key]
-            print(f"{name:<10} {'n/a' if value is None else f'{value:.2f}':>8}   {unit}")
+            note = f", over {FRAME_PAIRS[args.frame_pairs]}" if key == "clip_f" else ""
+            print(f"{name:<10} {'n/a' if value is None else f'{value:.2f}':>8}   {unit}{note}")
     return 0
 
 
@@ -147,9 +178,10 @@ def prepare_video(pipe, item: Item, settings: EditSettings, device: str, generat
     return PreparedVideo(clip, inversion, flows, {**timings, **inversion.timings}, controls)
 
 
-def run_item(pipe, video: PreparedVideo, item: Item, args, settings: EditSettings, record_settings: dict,
+def run_item(pipe, video: PreparedVideo, item: Item, metrics: dict, settings: EditSettings, record_settings: dict,
              out: pathlib.Path, device: str, generator) -> dict:
-    """Sample, decode, write and score one edit; its JSON is written last, marking it finished."""
+    """Sample, decode, write and score one edit (``metrics``: :func:`load_metric_models`); its JSON is
+    written last, marking it finished."""
     timings: dict[str, float] = {}
     with timed(timings, "sample", device), controlled(pipe, video.controls, settings):
         latents = pipe.sample(
@@ -163,7 +195,7 @@ def run_item(pipe, video: PreparedVideo, item: Item, args, settings: EditSetting
         side = clip.frames if settings.side_by_side else None
         write_video(frames, path.with_suffix(".mp4"), fps=settings.fps or clip.fps, side_by_side=side)
     with timed(timings, "metrics", device):
-        scores = evaluate_video(frames, clip.frames, item.prompt, flows=video.flows, device=device, **metric_options(args))
+        scores = evaluate_video(frames, clip.frames, item.prompt, flows=video.flows, device=device, **metrics)
     record = dict(
         subset=item.subset, video=item.video, edit=item.edit, split=split_name(item.subset),
         prompt=item.prompt, source_caption=item.caption, settings=record_settings,
@@ -182,7 +214,8 @@ def run_items(items: list[Item], args, settings: EditSettings, record_settings: 
     """Run the pending items of this process, video by video; returns the failures.
 
     An item that fails is reported and the others go on, unless ``--fail-fast``. Failing to load
-    the Stable Diffusion model is fatal (nothing could run) and raises.
+    a metrics model or the Stable Diffusion model is fatal (nothing could run) and raises, before
+    any edit.
     """
     import torch
     from tqdm.auto import tqdm
@@ -198,6 +231,7 @@ def run_items(items: list[Item], args, settings: EditSettings, record_settings: 
         if args.fail_fast:
             raise BenchError(message) from error
 
+    metrics = load_metric_models(args, device)  # first: smaller than Stable Diffusion, and as needed
     runtime = RuntimeSettings.from_namespace(args)
     pipe = load_pipeline(runtime.model, device, resolve_dtype(runtime.dtype, device), runtime.lora, runtime.lora_scale,
                          settings.controls, runtime.model_config)
@@ -225,8 +259,8 @@ def run_items(items: list[Item], args, settings: EditSettings, record_settings: 
             for item in runnable:
                 bar.set_postfix_str(item.name)
                 try:
-                    run_item(pipe, video, item, args, settings, record_settings, out, device, generator)
-                except Exception as error:  # e.g. a metrics model that cannot be loaded
+                    run_item(pipe, video, item, metrics, settings, record_settings, out, device, generator)
+                except Exception as error:  # e.g. out of memory while sampling: the next item may fit
                     fail(item, error)
                 bar.update()
             del video  # frees the stored features before the next video's inversion

@@ -6,7 +6,7 @@ import math
 import pathlib
 
 from .dataset import SPLITS, split_name
-from .metrics import Scores
+from .metrics import FRAME_PAIRS, Scores
 from .records import finite_or_none, read_record, write_text_atomic
 
 #: Score key, printed name, unit note (values are in the papers' table units).
@@ -50,7 +50,12 @@ def summarize(out: pathlib.Path, settings: dict) -> list[dict]:
 
 
 def write_summary(out: pathlib.Path, rows: list[dict], settings: dict) -> str:
-    """Write summary.md and summary.csv; returns the Markdown table."""
+    """Write summary.md and summary.csv; returns the Markdown table.
+
+    Both say which frame pairs CLIP-F averages (``settings["frame_pairs"]``): a line in the
+    Markdown, a ``clip_f_pairs`` column in the CSV.
+    """
+    pairs = settings["frame_pairs"]
     columns = ["split", "videos", "edits", *(key for key, *_ in METRICS)]
     header = ["Split", "Videos", "Edits", *(f"{name} {'↓' if key == 'e_warp' else '↑'}" for key, name, _ in METRICS)]
 
@@ -64,8 +69,10 @@ def write_summary(out: pathlib.Path, rows: list[dict], settings: dict) -> str:
         out / "summary.md",
         f"# LOVEU-TGVE-2023 results\n\n{table}\n\n"
         "CLIP-T and CLIP-F x100, Ewarp x1000, Sedit = CLIP-T / Ewarp of the raw means, PickScore as is.\n\n"
+        f"CLIP-F: mean cosine over {FRAME_PAIRS[pairs]} (frame_pairs={pairs}).\n\n"
         f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}\n",
     )
-    csv_lines = [",".join(columns)] + [",".join(cell(row[c], 4, "") for c in columns) for row in rows]
+    csv_lines = [",".join([*columns, "clip_f_pairs"])]
+    csv_lines += [",".join([*(cell(row[c], 4, "") for c in columns), pairs]) for row in rows]
     write_text_atomic(out / "summary.csv", "\n".join(csv_lines) + "\n")
     return table
