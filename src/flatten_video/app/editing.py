@@ -232,6 +232,7 @@ def edit_prompts(
     write: bool = True,
     controls: list[torch.Tensor] | None = None,
     on_prompt: Callable[[int, str], None] | None = None,
+    callback_on_step_end: Callable | None = None,
 ) -> Iterator[PromptEdit]:
     """Edit ``video`` once per prompt from one inversion, yielding each outcome as it is written.
 
@@ -245,6 +246,8 @@ def edit_prompts(
         settings: every option but the prompt, which ``prompts`` gives.
         clip, cache_dir, write, controls: as for :func:`edit_video`.
         on_prompt: called with (index, prompt) before each prompt's sampling, for progress.
+        callback_on_step_end: given to the pipeline call of every prompt (diffusers' signature);
+            an exception it raises ends that prompt, e.g. to stop an edit from a web page.
     """
     if len(outputs) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts and {len(outputs)} outputs: give one output per prompt")
@@ -260,7 +263,8 @@ def edit_prompts(
             try:
                 generator = torch.Generator(device="cpu").manual_seed(settings.seed)
                 kwargs = dataclasses.replace(settings, prompt=prompt).pipeline_kwargs()
-                result = pipe(clip.frames, generator=generator, inversion=inversion, output_type="pt", **kwargs)
+                result = pipe(clip.frames, generator=generator, inversion=inversion, output_type="pt",
+                              callback_on_step_end=callback_on_step_end, **kwargs)
                 written = pathlib.Path(output)
                 if write:
                     written = write_video(result.frames, output, fps=settings.fps or clip.fps,
