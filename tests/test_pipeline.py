@@ -511,3 +511,33 @@ def test_editing_an_inversion_with_other_settings_is_a_clear_error(tiny_pipe, so
     with pytest.raises(ValueError, match="cannot be edited with") as info:
         tiny_pipe(inversion=inversion, prompt="a cat", output_type="latent", **kwargs)
     assert named in str(info.value) and "\n" not in str(info.value)
+
+
+def test_vae_chunks_shrink_with_the_frame_size():
+    from flatten_video.pipelines.mixin import vae_chunk_frames
+
+    assert vae_chunk_frames(512, 512) == 8
+    assert vae_chunk_frames(1024, 1024) == 2  # SDXL: 44.8 GiB at 8 frames a call, 16.3 at 2
+    assert vae_chunk_frames(4096, 4096) == 1
+    assert vae_chunk_frames(64, 64) == 512
+
+
+def test_decode_chunk_size_sets_vae_calls_and_not_the_frames(tiny_pipe, source, monkeypatch):
+    frames, _, latents = source
+    count = frames.shape[0]
+    calls = []
+    decode = tiny_pipe.vae.decode
+
+    def counting(sample, *args, **kwargs):
+        calls.append(sample.shape[0])
+        return decode(sample, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe.vae, "decode", counting)
+    whole = tiny_pipe.decode_latents(latents)
+    assert calls == [count]  # tiny frames: one call
+    calls.clear()
+    chunked = tiny_pipe.decode_latents(latents, chunk_size=2)
+    assert calls == [2] * (count // 2) + [1] * (count % 2)
+    assert torch.allclose(whole, chunked, atol=1e-5)
+    with pytest.raises(ValueError, match="decode_chunk_size must be at least 1"):
+        edit(tiny_pipe, source, decode_chunk_size=0)

@@ -43,6 +43,17 @@ INITS = ("inversion", "noise", "trajectory-noise")
 DEFAULT_STEPS = dict(num_inference_steps=50, num_inversion_steps=100, inject_steps=40)
 
 
+#: Pixels the VAE encodes or decodes in one call: 8 frames at 512x512. SDXL's VAE at 1024x1024
+#: in float32 peaked at 44.8 GiB decoding 8 frames a call and 16.3 GiB at 2 (H200, BENCHMARKS.md).
+VAE_CHUNK_PIXELS = 8 * 512 * 512
+
+
+def vae_chunk_frames(height: int, width: int, pixels: int = VAE_CHUNK_PIXELS) -> int:
+    """Frames of ``height`` x ``width`` pixels per VAE call, so that one call holds about ``pixels``
+    (at least one frame): the VAE's activations, not the U-Net's, set the peak at large sizes."""
+    return max(1, pixels // (height * width))
+
+
 def _gib(nbytes: int) -> str:
     return f"{nbytes / 2**30:.2f} GiB"
 
@@ -224,13 +235,15 @@ class FlattenMixin:
 
     @torch.no_grad()
     def encode_video(
-        self, frames: torch.Tensor, generator: torch.Generator | None = None, chunk_size: int = 8
+        self, frames: torch.Tensor, generator: torch.Generator | None = None, chunk_size: int | None = None
     ) -> torch.Tensor:
         """VAE latents times the scaling factor: (F, 3, H, W) in [0, 1] -> (1, C, F, h, w).
 
-        Frames are encoded in chunks; the posterior is sampled once for the whole video.
+        Frames are encoded ``chunk_size`` at a time (default: :func:`vae_chunk_frames`); the
+        posterior is sampled once for the whole video.
         """
         device = self._execution_device
+        chunk_size = chunk_size or vae_chunk_frames(*frames.shape[-2:])
         with self._vae_precision() as dtype:
             moments = [
                 self.vae.encode(chunk.to(device, dtype) * 2 - 1).latent_dist.parameters
@@ -241,8 +254,10 @@ class FlattenMixin:
         return latents.permute(1, 0, 2, 3).unsqueeze(0)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
-        """(1, C, F, h, w) latents -> (F, 3, H, W) float32 frames in [0, 1], on the CPU."""
+    def decode_latents(self, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """(1, C, F, h, w) latents -> (F, 3, H, W) float32 frames in [0, 1], on the CPU, decoded
+        ``chunk_size`` frames at a time (default: :func:`vae_chunk_frames`)."""
+        chunk_size = chunk_size or vae_chunk_frames(*(side * self.vae_scale_factor for side in latents.shape[-2:]))
         latents = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
         with self._vae_precision() as dtype:
             frames = [
@@ -646,6 +661,7 @@ class FlattenMixin:
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
+        decode_chunk_size: int | None = None,
     ):
         """Edit a video: flow, trajectories, VAE encoding, inversion, sampling, decoding.
 
@@ -681,11 +697,15 @@ class FlattenMixin:
                 noise for every frame; ``"trajectory-noise"``: one per trajectory), with no inversion
                 and nothing injected; ControlVideo pairs it with a ControlNet and guidance 12.5.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            decode_chunk_size: frames the VAE decodes at a time (default: 8 at 512x512, fewer at
+                larger sizes, :func:`vae_chunk_frames`); lower it to save memory.
 
         Returns:
             :class:`FlattenPipelineOutput`, or a tuple ``(frames,)`` if not ``return_dict``.
         """
         check_choice("output_type", output_type, OUTPUT_TYPES)
+        if decode_chunk_size is not None:
+            check_at_least("decode_chunk_size", decode_chunk_size, 1)
         config, steps = self.resolve_edit(
             inversion, attention_mode=attention_mode, flatten_variant=flatten_variant, flatten_levels=flatten_levels,
             window=window, overlap=overlap, anchors=anchors, num_inference_steps=num_inference_steps,
@@ -708,6 +728,6 @@ class FlattenMixin:
             callback_on_step_end=callback_on_step_end,
         )
         del inversion
-        result = edited if output_type == "latent" else frames_to_output(self.decode_latents(edited), output_type)
+        result = edited if output_type == "latent" else frames_to_output(self.decode_latents(edited, decode_chunk_size), output_type)
         self.maybe_free_model_hooks()
         return FlattenPipelineOutput(frames=result) if return_dict else (result,)
