@@ -18,7 +18,7 @@ PACKAGE = pathlib.Path(flatten_video.__file__).parent
 
 #: Floors from the bottom; a module may import its own floor or lower ones only.
 FLOORS = [
-    {"files", "validation", "timing", "video", "flow", "trajectories", "ops", "windows", "control_maps"},
+    {"files", "validation", "timing", "video", "flow", "trajectories", "ops", "windows", "control_maps", "choices", "hub"},
     {"models"},
     {"pipelines"},
     {"app"},
@@ -155,10 +155,11 @@ def test_every_edit_option_is_one_field_that_reaches_the_pipeline():
 def test_edit_command_options_are_generated_from_the_schema():
     from flatten_video.cli import build_parser
 
-    args = build_parser().parse_args(["edit", "v.mp4", "--prompt", "a cat"])
+    args = build_parser().parse_args(["edit", "v.mp4", "--prompt", "a cat", "-p", "a dog"])
+    # The prompt is the one option the command line takes several times (one edit each).
+    assert args.prompts == ["a cat", "a dog"]
     for cls in (EditSettings, RuntimeSettings):
-        defaults = cls() if cls is RuntimeSettings else cls(prompt="a cat")
-        assert cls.from_namespace(args) == defaults
+        assert cls.from_namespace(args) == cls()
 
 
 def test_a_new_option_is_one_field():
@@ -185,3 +186,23 @@ def test_form_fields_follow_the_schema():
 
     assert webui.FORM_FIELDS == tuple(f.name for f, meta in options_of(EditSettings) if meta.widget)
     assert "fps" not in webui.FORM_FIELDS and webui.FORM_FIELDS[:2] == ("prompt", "negative_prompt")
+
+
+def test_the_command_line_and_the_schema_import_no_heavy_library():
+    """``flatten-video --help`` answers at once: torch, diffusers and Gradio load in the handlers."""
+    import subprocess
+    import sys
+
+    code = ("import sys, flatten_video.cli, flatten_video.app.settings; "
+            "flatten_video.cli.build_parser(['edit']).parse_args(['edit', 'v.mp4', '-p', 'a cat']); "
+            "print(sorted({'torch', 'diffusers', 'transformers', 'gradio', 'cv2'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_package_loads_its_public_names_on_first_use():
+    assert set(flatten_video.__all__) == set(flatten_video._EXPORTS)
+    for name in flatten_video.__all__:
+        assert getattr(flatten_video, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        flatten_video.nothing  # noqa: B018

@@ -19,6 +19,7 @@ import torchvision.models._api as tv_weights_api
 
 from conftest import moving_texture
 from flatten_video import cli
+from flatten_video.app import runtime
 from flatten_video.video import VideoError, read_video, write_video
 
 SOURCE_FRAMES = 6
@@ -167,7 +168,7 @@ def test_raft_without_weights_offline_is_one_clear_line(clip, tiny_sd_path, tmp_
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     monkeypatch.setattr(tv_weights_api, "load_state_dict_from_url", offline)
     loads = []
-    monkeypatch.setattr(cli, "load_pipeline", lambda *args: loads.append(args))
+    monkeypatch.setattr(runtime, "load_pipeline", lambda *args: loads.append(args))
     output = tmp_path / "edit.mp4"
     argv = edit_argv(clip, output, tiny_sd_path)
     argv[argv.index("dis")] = "raft"
@@ -215,7 +216,7 @@ BAD_INPUTS = [
     case("empty.mp4", error=r"empty file: .*empty\.mp4", id="empty-file"),
     case(CLIP, "--frames", "8", error=r"has 6 frames, but 8 frames", id="too-few-frames"),
     case(CLIP, "--stride", "3", error=r"has 6 frames, but 3 frames with stride 3 need 7", id="stride-too-long"),
-    case(CLIP, "--frames", "0", error=r"--frames must be at least 1, got 0", id="frames-0"),
+    case(CLIP, "--frames", "0", error=r"--frames must be at least 2 frames .*, got 0", id="frames-0"),
     case(CLIP, "--frames", "1", error=r"--frames must be at least 2", id="frames-1"),
     case(CLIP, "--steps", "0", error=r"--steps must be at least 1, got 0", id="steps-0"),
     case(CLIP, "--inversion-steps", "0", error=r"--inversion-steps must be at least 1", id="inversion-steps-0"),
@@ -228,7 +229,9 @@ BAD_INPUTS = [
     case(CLIP, output="edit", error=r"output must end in \.mp4 or \.gif", id="no-extension"),
     case(CLIP, model="no-such-model", error=r"could not load the Stable Diffusion model '.*no-such-model'", id="unknown-model-path", loads_model=True),
     case(CLIP, model=".", error=r"could not load the Stable Diffusion model '.*inputs'", id="folder-that-is-no-model", loads_model=True),
-    case(CLIP, model="flatten-video-tests/no-such-model", error=r"could not load the Stable Diffusion model 'flatten-video-tests/no-such-model'", id="unknown-hub-id", loads_model=True),
+    # Tests run offline (conftest): a hub id not in the cache is told at once, before anything loads.
+    case(CLIP, model="flatten-video-tests/no-such-model", error=r"^flatten-video: error: HF_HUB_OFFLINE is set: the model "
+         r"flatten-video-tests/no-such-model is not in the Hugging Face cache; download it once while online", id="unknown-hub-id"),
 ]
 
 
@@ -239,7 +242,7 @@ def test_bad_input_is_one_error_line_and_leaves_no_file(
     loads = []
     if not loads_model:
         # Input errors must be found before the (slow) model load.
-        monkeypatch.setattr(cli, "load_pipeline", lambda *args: loads.append(args))
+        monkeypatch.setattr(runtime, "load_pipeline", lambda *args: loads.append(args))
     (tmp_path / "out").mkdir()
     video = clip if video == CLIP else inputs / video
     output = tmp_path / "out" / "edit.mp4" if output == OUTPUT else inputs / output

@@ -12,6 +12,7 @@ from diffusers import ControlNetModel
 
 from conftest import moving_texture
 from flatten_video import cli
+from flatten_video.app import runtime
 from flatten_video.control_maps import canny_maps
 from flatten_video.pipelines.controlnet import FlattenControlNetPipeline
 from flatten_video.video import write_video
@@ -187,7 +188,7 @@ def test_control_and_noise_start_through_the_command_line(source, tiny_sd_path, 
 
 def test_a_family_without_a_default_controlnet_asks_for_one(source, tiny_sd_path, tmp_path, capsys, monkeypatch):
     loads = []
-    monkeypatch.setattr(cli, "load_pipeline", lambda *args: loads.append(args))
+    monkeypatch.setattr(runtime, "load_pipeline", lambda *args: loads.append(args))
     status = cli.main(edit_argv(source, tmp_path / "d.mp4", tiny_sd_path, "--control", "canny"))
     err = capsys.readouterr().err.strip().splitlines()
     assert loads == []  # told before the model loads

@@ -3,11 +3,15 @@
 Every subcommand reports user errors as one line on stderr and a non-zero exit status;
 ``--debug`` shows the traceback instead. This module is the top floor: it only wires options
 (mostly generated from :mod:`flatten_video.app.settings`) to the app and eval layers.
+
+Only the subcommand being run has its options built, and torch, diffusers and Gradio are imported
+inside the handlers: ``flatten-video --help`` and ``flatten-video edit --help`` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import pathlib
@@ -16,27 +20,54 @@ import subprocess
 import sys
 import warnings
 
-from .app.editing import control_images, edit_video, prepare_source
-from .app.runtime import check_controlnets, default_device, error_line, load_pipeline, pipeline_class, resolve_dtype
-from .app.settings import EditSettings, RuntimeSettings, add_arguments
-from .app.webui import add_web_arguments, run_web
-from .eval.runner import add_bench_arguments, add_eval_arguments, run_bench, run_eval
+from .app.errors import error_line
+from .app.settings import EditSettings, RuntimeSettings, add_arguments, options_of
 
 
-def default_output(video: str) -> pathlib.Path:
-    return pathlib.Path(f"{pathlib.Path(video.rstrip('/')).stem}-flatten.mp4")
+def default_output(video: str, prompts: int = 1) -> str:
+    """``<video name>-flatten.mp4`` in the working folder; ``<video name>-{prompt}.mp4`` for several prompts."""
+    stem = pathlib.Path(video.rstrip("/")).stem
+    return f"{stem}-flatten.mp4" if prompts == 1 else f"{stem}-{{prompt}}.mp4"
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts of ``-p`` (in order), then those of ``--prompts-file`` (one a line; blank lines
+    and lines starting with '#' skipped)."""
+    prompts = list(args.prompts or [])
+    if args.prompts_file:
+        path = pathlib.Path(args.prompts_file)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except OSError as error:
+            raise ValueError(f"cannot read the prompts file {path}: {error.strerror or error}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"the prompts file {path} is not UTF-8 text") from None
+        lines = [line.strip() for line in text.splitlines()]
+        from_file = [line for line in lines if line and not line.startswith("#")]
+        if not from_file:
+            raise ValueError(f"the prompts file {path} holds no prompt (one a line)")
+        prompts += from_file
+    if not prompts:
+        raise ValueError("give a prompt with -p/--prompt (repeat it for several) or --prompts-file")
+    return prompts
 
 
 def run_edit(args: argparse.Namespace) -> int:
-    settings = EditSettings.from_namespace(args)
+    from .app.editing import control_images, edit_prompts, prepare_source, prompt_outputs
+    from .app.runtime import check_runtime, load_pipeline, pipeline_class, resolve_dtype
+
+    prompts = read_prompts(args)
+    settings = dataclasses.replace(EditSettings.from_namespace(args), prompt=prompts[0])
+    for prompt in prompts:
+        dataclasses.replace(settings, prompt=prompt).check()
     runtime = RuntimeSettings.from_namespace(args)
-    output = pathlib.Path(args.output) if args.output else default_output(args.video)
+    outputs = prompt_outputs(args.output or default_output(args.video, len(prompts)), prompts)
+    # Everything that can fail fast does, before the model loads: settings, outputs, source, maps, the machine.
+    runtime.check()
     short_side = pipeline_class(runtime.model).default_short_side
-    # Everything that can fail fast does, before the model loads: settings, output, source, maps.
-    clip = prepare_source(args.video, settings, output, short_side=short_side)
+    clip = prepare_source(args.video, settings, outputs, short_side=short_side, cache_dir=args.cache_dir)
     controls = control_images(clip, settings)
-    check_controlnets(runtime.model, settings.controls)
-    device = runtime.device or default_device()
+    device = check_runtime(runtime, settings)
     main_process = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
         from accelerate import PartialState
@@ -48,10 +79,27 @@ def run_edit(args: argparse.Namespace) -> int:
                          settings.controls, runtime.model_config)
     if not main_process:
         pipe.set_progress_bar_config(disable=True)
-    written = edit_video(pipe, args.video, output, settings, clip=clip, cache_dir=args.cache_dir, write=main_process,
-                         controls=controls)
-    if main_process:
-        print(f"wrote {written}")
+
+    def announce(index: int, prompt: str) -> None:
+        if len(prompts) > 1 and main_process:
+            print(f"prompt {index + 1}/{len(prompts)}: {prompt}", file=sys.stderr)
+
+    failed = []
+    for outcome in edit_prompts(pipe, args.video, outputs, settings, prompts, clip=clip, cache_dir=args.cache_dir,
+                                write=main_process, controls=controls, on_prompt=announce):
+        if outcome.error is not None:
+            if args.debug or len(prompts) == 1:
+                raise outcome.error
+            failed.append(outcome)
+            print(f"flatten-video: error: prompt {outcome.index + 1} ({outcome.prompt!r}): {error_line(outcome.error)}",
+                  file=sys.stderr)
+        elif main_process:
+            print(f"wrote {outcome.output}")
+    if failed:
+        names = ", ".join(f"{o.index + 1} ({o.prompt!r})" for o in failed)
+        print(f"flatten-video: error: {len(failed)} of {len(prompts)} prompts failed: {names}; the others were written",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -86,7 +134,13 @@ def command_argv(args: argparse.Namespace) -> list[str]:
 def relaunch_with_accelerate(args: argparse.Namespace) -> int:
     """Run this command again as ``accelerate launch [--num_processes N] -m flatten_video ...``."""
     # Settings errors are found once, here, rather than once per process.
-    EditSettings.from_namespace(args).check(require_prompt=args.command == "edit")
+    settings = EditSettings.from_namespace(args)
+    if args.command == "edit":
+        for prompt in read_prompts(args):
+            dataclasses.replace(settings, prompt=prompt).check()
+    else:
+        settings.check(require_prompt=False)
+    RuntimeSettings.from_namespace(args).check()
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if args.num_processes:
         command += ["--num_processes", str(args.num_processes)]
@@ -97,46 +151,107 @@ def relaunch_with_accelerate(args: argparse.Namespace) -> int:
 
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", help="source video file (mp4, mov, webm, gif...) or a folder of frames")
-    add_arguments(parser, EditSettings, required=("prompt",))
+    prompt_help = next(meta.help for f, meta in options_of(EditSettings) if f.name == "prompt")
+    parser.add_argument("--prompt", "-p", dest="prompts", action="append", metavar="PROMPT",
+                        help=f"{prompt_help}; repeat for several edits of one inversion")
+    parser.add_argument("--prompts-file", default=None, metavar="FILE",
+                        help="more prompts, one a line (blank lines and lines starting with # are skipped)")
+    add_arguments(parser, EditSettings, exclude=("prompt",))
     add_arguments(parser, RuntimeSettings)
-    parser.add_argument("--output", "-o", default=None, help="output .mp4 or .gif (default: <video name>-flatten.mp4)")
+    parser.add_argument("--output", "-o", default=None, help="output .mp4 or .gif (default: <video name>-flatten.mp4); "
+                        "with several prompts it must hold {prompt} (the prompt in file-name form) or {index} (1, 2, ...); "
+                        "default then: <video name>-{prompt}.mp4")
     parser.add_argument("--cache-dir", default=None, help="keep inversions here: editing the same clip again with the same settings, any prompt, skips flow and inversion, and a run that stopped while sampling resumes (default: no cache)")
     add_launcher_arguments(parser, "the windows of every step of a long clip are shared among the processes")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_web_command(parser: argparse.ArgumentParser) -> None:
+    from .app.webui import add_web_arguments, run_web
+
+    add_web_arguments(parser)
+    parser.set_defaults(handler=run_web)
+
+
+def add_eval_command(parser: argparse.ArgumentParser) -> None:
+    from .eval.runner import add_eval_arguments, run_eval
+
+    add_eval_arguments(parser)
+    parser.set_defaults(handler=run_eval)
+
+
+def add_bench_command(parser: argparse.ArgumentParser) -> None:
+    from .eval.runner import add_bench_arguments, run_bench
+
+    add_bench_arguments(parser)
+    add_launcher_arguments(parser, "videos are shared among the processes")
+    # command_parser: command_argv rebuilds the command line from it for accelerate's processes.
+    parser.set_defaults(handler=run_bench, command_parser=parser)
+
+
+def add_edit_command(parser: argparse.ArgumentParser) -> None:
+    add_edit_arguments(parser)
+    parser.set_defaults(handler=run_edit, command_parser=parser)
+
+
+#: Subcommand -> (its one-line help, the function that adds its options and handler).
+COMMANDS = {
+    "edit": ("edit a video from a text prompt (or several)", add_edit_command),
+    "web": ("serve the web UI (Gradio)", add_web_command),
+    "eval": ("score an edited video against its source", add_eval_command),
+    "bench": ("edit and score the LOVEU-TGVE-2023 benchmark", add_bench_command),
+}
+
+
+def build_parser(commands=None) -> argparse.ArgumentParser:
+    """The parser, with the options of ``commands`` built (default: all; the others are listed
+    with their help only, so building them imports nothing heavy)."""
     parser = argparse.ArgumentParser(
         prog="flatten-video", description="Training-free text-to-video editing with FLATTEN (ICLR 2024)."
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True)
-    edit = commands.add_parser("edit", help="edit a video from a text prompt")
-    add_edit_arguments(edit)
-    edit.set_defaults(handler=run_edit, command_parser=edit)
-    web = commands.add_parser("web", help="serve the web UI (Gradio)")
-    add_web_arguments(web)
-    web.set_defaults(handler=run_web)
-    evaluate = commands.add_parser("eval", help="score an edited video against its source")
-    add_eval_arguments(evaluate)
-    evaluate.set_defaults(handler=run_eval)
-    bench = commands.add_parser("bench", help="edit and score the LOVEU-TGVE-2023 benchmark")
-    add_bench_arguments(bench)
-    add_launcher_arguments(bench, "videos are shared among the processes")
-    # command_parser: command_argv rebuilds the command line from it for accelerate's processes.
-    bench.set_defaults(handler=run_bench, command_parser=bench)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and the libraries' own log")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add) in COMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        if commands is None or name in commands:
+            add(subparser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if not args.debug:
+class _Lines(logging.Formatter):
+    """Progress notes as they are; warnings and errors prefixed with their level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def configure_logging(debug: bool) -> None:
+    """flatten-video's notes (a reused inversion, a feature-mode fallback) as plain stderr lines,
+    once each; the libraries' own log only with ``--debug``."""
+    if not debug:
         # Libraries' deprecation notices (diffusers' torch_dtype, huggingface_hub's local_dir_use_symlinks)
         # say nothing to users and would turn a one-line error into several lines.
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
         warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    package = logging.getLogger("flatten_video")
+    package.setLevel(logging.DEBUG if debug else logging.INFO)
+    package.propagate = False  # a root handler would print every line twice
+    if not any(getattr(handler, "_flatten_video", False) for handler in package.handlers):
+        handler = logging.StreamHandler()
+        handler._flatten_video = True
+        handler.setFormatter(_Lines())
+        package.addHandler(handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser([command] if command in COMMANDS else [])
+    args = parser.parse_args(argv)
+    configure_logging(args.debug)
     try:
         if getattr(args, "launcher", "none") == "accelerate":
             return relaunch_with_accelerate(args)

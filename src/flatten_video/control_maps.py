@@ -10,10 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .choices import CONTROL_KINDS
 from .validation import check_choice
-
-#: Condition kinds this project can compute from a source video.
-CONTROL_KINDS = ("canny", "depth", "hed", "lineart", "openpose")
 
 #: controlnet_aux detector class and hub repository of its weights, per kind.
 _DETECTORS = {

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .choices import FLOW_METHODS
 from .validation import check_choice
-
-FLOW_METHODS = ("raft", "dis")
 _RAFT_MIN_SIZE = 128
 
 

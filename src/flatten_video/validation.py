@@ -7,6 +7,7 @@ call these with the name their caller knows the value by (``inject_steps`` in Py
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 
@@ -22,9 +23,31 @@ def check_at_least(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
 
 
+def check_at_most(name: str, value, maximum: int, why: str = "") -> None:
+    """``value`` is at most ``maximum``; ``why`` says where the limit comes from."""
+    if value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}{f' ({why})' if why else ''}, got {value!r}")
+
+
+def check_finite(name: str, value) -> None:
+    """A real number: NaN and infinities pass every comparison test silently, so name them."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
 def check_positive_number(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    check_finite(name, value)
+    if not value > 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def check_text(name: str, text: str) -> None:
+    """Text that tokenizers can read: valid Unicode (a terminal in another encoding can hand
+    Python undecodable bytes, kept as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid UTF-8 text; check the terminal's or the file's encoding") from None
 
 
 def check_num_frames(name: str, count: int) -> None:
@@ -47,3 +70,22 @@ def check_fraction_window(start: float, end: float, start_name: str, end_name: s
 def check_inject_steps(inject_steps: int, steps: int, inject_name: str = "inject_steps", steps_name: str = "num_inference_steps") -> None:
     if isinstance(inject_steps, bool) or not isinstance(inject_steps, int) or not 0 <= inject_steps <= steps:
         raise ValueError(f"{inject_name} must be between 0 and {steps_name} ({steps}), got {inject_steps!r}")
+
+
+def check_windows(window: int, overlap: int, anchors: int, window_name: str = "window", overlap_name: str = "overlap",
+                  anchors_name: str = "anchors") -> None:
+    """The rules of a co-denoising window setting on their own (the clip's length aside): W is 0
+    or at least 2, 0 <= O < W, A >= 0."""
+    check_at_least(anchors_name, anchors, 0)
+    check_at_least(overlap_name, overlap, 0)
+    if window == 0:
+        return
+    check_at_least(window_name, window, 2)
+    if overlap >= window:
+        raise ValueError(f"{overlap_name} must be smaller than {window_name} ({window}), got {overlap}")
+
+
+def check_anchor_count(num_frames: int, anchors: int, name: str = "anchors") -> None:
+    """Anchor frames are frames of the clip: no more of them than it has."""
+    if anchors > num_frames:
+        raise ValueError(f"{name} ({anchors}) must not exceed the clip's {num_frames} frames")

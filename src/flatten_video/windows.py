@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validation import check_at_least
+from .validation import check_anchor_count, check_windows  # noqa: F401 - check_windows: the rule of a window setting
 
 
 @dataclass(frozen=True)
@@ -36,25 +36,11 @@ class Window:
         return torch.cat([self.frames, self.anchors])
 
 
-def check_windows(window: int, overlap: int, anchors: int, window_name: str = "window", overlap_name: str = "overlap",
-                  anchors_name: str = "anchors") -> None:
-    """The rules of a window setting on their own (the clip's length aside): W is 0 or at least 2,
-    0 <= O < W, A >= 0."""
-    check_at_least(anchors_name, anchors, 0)
-    check_at_least(overlap_name, overlap, 0)
-    if window == 0:
-        return
-    check_at_least(window_name, window, 2)
-    if overlap >= window:
-        raise ValueError(f"{overlap_name} must be smaller than {window_name} ({window}), got {overlap}")
-
-
 def anchor_frames(num_frames: int, anchors: int) -> torch.Tensor:
     """(A,) ``anchors`` frames spread evenly over the clip, first and last included (A >= 2)."""
     if anchors == 0:
         return torch.zeros(0, dtype=torch.long)
-    if anchors > num_frames:
-        raise ValueError(f"anchors ({anchors}) must not exceed the clip's {num_frames} frames")
+    check_anchor_count(num_frames, anchors)
     if anchors == 1:
         return torch.tensor([num_frames // 2])
     return torch.linspace(0, num_frames - 1, anchors, dtype=torch.float64).round().long()

@@ -30,8 +30,16 @@ logger = logging.getLogger(__name__)
 OUTPUT_SUFFIXES = (".mp4", ".gif")
 
 
-def check_writable(path: pathlib.Path) -> None:
-    """Raise :class:`VideoError` before the long work if ``path`` cannot be written."""
+def check_writable(path: pathlib.Path, source: str | os.PathLike | None = None) -> None:
+    """Raise :class:`VideoError` before the long work if ``path`` cannot be written, or would
+    overwrite the ``source`` being read (the same file, through links too, or a file inside the
+    source's frame folder)."""
+    if source is not None:
+        source_path, target = pathlib.Path(source).resolve(), path.resolve()
+        if source_path.is_dir() and (target == source_path or source_path in target.parents):
+            raise VideoError(f"the output {path} is inside the frame folder being read ({source}); write it elsewhere")
+        if target == source_path or (target.exists() and source_path.exists() and os.path.samefile(target, source_path)):
+            raise VideoError(f"the output {path} is the source video; choose another output name")
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise VideoError(f"output must end in .mp4 or .gif: {path}")
     if path.is_dir():
@@ -46,15 +54,29 @@ def check_writable(path: pathlib.Path) -> None:
             break
 
 
+def check_cache_dir(folder: str | os.PathLike) -> None:
+    """Raise :class:`VideoError` if inversions cannot be kept in ``folder`` (a file, or not writable)."""
+    folder = pathlib.Path(folder)
+    for parent in [folder, *folder.absolute().parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise VideoError(f"cannot keep inversions in {folder}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise VideoError(f"cannot keep inversions in {folder}: {parent} is not writable")
+            return
+
+
 def prepare_source(
     video: str | os.PathLike,
     settings: EditSettings,
-    output: str | os.PathLike | None = None,
+    output: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     require_prompt: bool = True,
     short_side: int = 512,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Video:
     """Everything that can fail fast, before a model loads, in the order users fix them: the
-    settings, the ``output`` path (when given), the source video at the working size, and RAFT's
+    settings, the ``output`` path or paths (when given: writable, distinct, none of them the
+    source), the inversion ``cache_dir``, the source video at the working size, and RAFT's
     weights when the flow needs them. ``short_side``: the working size's short side when the
     settings give none (the model's training size: 512 for SD, 1024 for SDXL).
 
@@ -62,8 +84,17 @@ def prepare_source(
         The source :class:`~flatten_video.video.Video` at the working size.
     """
     settings.check(require_prompt)
-    if output is not None:
-        check_writable(pathlib.Path(output))
+    outputs = [] if output is None else [output] if isinstance(output, (str, os.PathLike)) else list(output)
+    for path in outputs:
+        check_writable(pathlib.Path(path), video)
+    seen = {}
+    for path in outputs:
+        key = pathlib.Path(path).resolve()
+        if key in seen:
+            raise VideoError(f"two edits would write the same file {path}; give each its own output name")
+        seen[key] = path
+    if cache_dir is not None:
+        check_cache_dir(cache_dir)
     clip = read_video(
         video, settings.frames, stride=settings.stride, width=settings.width, height=settings.height, crop=settings.crop,
         short_side=short_side,
@@ -105,7 +136,7 @@ class InversionCache:
         except ValueError as error:
             logger.warning("ignoring a damaged cached inversion: %s", error)
             return None
-        logger.info("reusing the inversion in %s", path)
+        logger.info("reusing the cached inversion of this clip and settings (no flow or inversion to run): %s", path)
         return inversion
 
     def invert(self, pipe, frames: torch.Tensor, settings: EditSettings, generator: torch.Generator,
@@ -262,7 +293,7 @@ def edit_prompts(
                 on_prompt(index, prompt)
             try:
                 generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-                kwargs = dataclasses.replace(settings, prompt=prompt).pipeline_kwargs()
+                kwargs = dataclasses.replace(settings, prompt=prompt).sampling_kwargs()
                 result = pipe(clip.frames, generator=generator, inversion=inversion, output_type="pt",
                               callback_on_step_end=callback_on_step_end, **kwargs)
                 written = pathlib.Path(output)

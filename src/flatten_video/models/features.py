@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import torch
 
-FEATURE_MODES = ("stored", "recompute", "auto")
+from ..choices import FEATURE_MODES  # noqa: F401 - re-exported
 
 
 def available_memory(meminfo: str | os.PathLike = "/proc/meminfo") -> int | None:

@@ -8,9 +8,26 @@ row's conditioning repeated for its frames.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
+
+logger = logging.getLogger(__name__)
+
+
+def tokenize_prompt(tokenizer, prompt: str, warn: bool = True) -> torch.Tensor:
+    """(1, L) token ids of ``prompt`` padded or cut to the text encoder's length L, with (when
+    ``warn``) one short warning naming the start of what was cut."""
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    # verbose=False: transformers would log its own 'sequence length is longer' line first.
+    untruncated = tokenizer(prompt, padding="longest", return_tensors="pt", verbose=False).input_ids
+    if warn and untruncated.shape[-1] > ids.shape[-1]:
+        dropped = tokenizer.batch_decode(untruncated[:, tokenizer.model_max_length - 1 : -1])[0].strip()
+        logger.warning("the prompt is longer than the text encoder's %d tokens; dropped: %r",
+                       tokenizer.model_max_length, dropped if len(dropped) <= 60 else dropped[:57] + "...")
+    return ids
 
 
 @dataclass

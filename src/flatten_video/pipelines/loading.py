@@ -8,6 +8,7 @@ from typing import Callable
 
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
+from ..hub import hub_kwargs, is_hub_id
 from .output import ModelLoadError
 
 
@@ -37,6 +38,36 @@ def load_pretrained(load: Callable, family: str, pretrained_model_name_or_path, 
         ) from error
 
 
+def check_lora(source: str | os.PathLike) -> dict:
+    """Raise :class:`ModelLoadError` unless ``source`` is a LoRA that can be read: a readable
+    safetensors file (nothing is unpickled), a folder holding one, or a hub id that is reachable or
+    cached. Cheap, so the app checks every LoRA before the model loads.
+
+    Returns:
+        The hub keyword arguments to load it with (``local_files_only`` offline).
+    """
+    from safetensors import safe_open
+
+    path = pathlib.Path(source)
+    if path.is_dir():
+        if not any(path.glob("*.safetensors")):
+            raise ModelLoadError(f"could not load the LoRA {str(source)!r}: the folder holds no .safetensors file")
+        return {}
+    if is_hub_id(source):
+        return hub_kwargs(source, "", "the LoRA")
+    if not path.is_file():
+        raise ModelLoadError(f"could not load the LoRA {str(source)!r}: no such file")
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"could not load the LoRA {str(source)!r}: only .safetensors files are read (nothing is unpickled)")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except Exception:  # safetensors' own error types are not OSErrors
+        raise ModelLoadError(f"could not load the LoRA {str(source)!r}: not a valid safetensors file (damaged, or "
+                             "another format renamed)") from None
+    return {}
+
+
 class LoraLoadingMixin:
     """``load_loras`` for pipelines with diffusers' LoRA loader (``load_lora_weights``, ``set_adapters``).
 
@@ -58,10 +89,9 @@ class LoraLoadingMixin:
             ModelLoadError: a source cannot be found or read, in one line.
         """
         for source in sources:
-            if pathlib.Path(source).suffix and not pathlib.Path(source).exists():  # a file name, not a hub id
-                raise ModelLoadError(f"could not load the LoRA {str(source)!r}: no such file")
+            hub = check_lora(source)
             try:
-                self.load_lora_weights(str(source), adapter_name=f"lora{len(self.loras)}", use_safetensors=True)
+                self.load_lora_weights(str(source), adapter_name=f"lora{len(self.loras)}", use_safetensors=True, **hub)
             except (OSError, EnvironmentError, ValueError, KeyError) as error:
                 raise ModelLoadError(
                     f"could not load the LoRA {str(source)!r}: give a .safetensors file, a folder holding one, or a "

@@ -19,6 +19,7 @@ import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from tqdm.auto import tqdm
 
+from ..choices import INITS
 from ..flow import FLOW_METHODS, estimate_flow
 from ..models.context import FlattenConfig, FlattenContext
 from ..models.features import FEATURE_MODES, FeatureStore, feature_budget, store_estimate
@@ -35,9 +36,6 @@ from .windowing import WindowRun, denoise, plan_runs, process_share
 
 logger = logging.getLogger(__name__)
 
-#: How the edit's starting latent is made: DDIM inversion of the source (the paper), or
-#: ControlVideo's noise, the same for every frame or the same along every trajectory.
-INITS = ("inversion", "noise", "trajectory-noise")
 
 #: The paper's schedule (DESIGN.md 1.5-1.7), used where neither the caller nor an inversion sets it.
 DEFAULT_STEPS = dict(num_inference_steps=50, num_inversion_steps=100, inject_steps=40)
@@ -52,6 +50,23 @@ def vae_chunk_frames(height: int, width: int, pixels: int = VAE_CHUNK_PIXELS) ->
     """Frames of ``height`` x ``width`` pixels per VAE call, so that one call holds about ``pixels``
     (at least one frame): the VAE's activations, not the U-Net's, set the peak at large sizes."""
     return max(1, pixels // (height * width))
+
+
+def check_schedule(scheduler, inverse_scheduler, num_inference_steps: int, num_inversion_steps: int,
+                   inject_steps: int) -> None:
+    """Raise ``ValueError`` when sampling would inject features at a timestep that inversion never
+    visits (so none were captured there). Takes the schedulers (they set the timesteps), so the
+    app can check a checkpoint's schedule before its weights load."""
+    inverse_scheduler.set_timesteps(num_inversion_steps)
+    visited = {int(t) for t in inverse_scheduler.timesteps[:-1]}
+    scheduler.set_timesteps(num_inference_steps)
+    unseen = sorted({int(t) for t in scheduler.timesteps[:inject_steps]} - visited)
+    if unseen:
+        raise ValueError(
+            f"sampling with {num_inference_steps} steps injects features at timesteps that inversion with "
+            f"{num_inversion_steps} steps never visits ({unseen[:5]}...); use a number of inversion steps "
+            f"that is a multiple of the number of sampling steps (e.g. {2 * num_inference_steps})"
+        )
 
 
 def _gib(nbytes: int) -> str:
@@ -185,14 +200,7 @@ class FlattenMixin:
                     self._check_schedule(num_inference_steps, num_inversion_steps, inject_steps)
 
     def _check_schedule(self, num_inference_steps: int, num_inversion_steps: int, inject_steps: int) -> None:
-        visited = set(self._inversion_timesteps(num_inversion_steps)[:-1])
-        unseen = sorted(set(self.injected_timesteps(num_inference_steps, inject_steps)) - visited)
-        if unseen:
-            raise ValueError(
-                f"sampling with {num_inference_steps} steps injects features at timesteps that inversion with "
-                f"{num_inversion_steps} steps never visits ({unseen[:5]}...); use a number of inversion steps "
-                f"that is a multiple of the number of sampling steps (e.g. {2 * num_inference_steps})"
-            )
+        check_schedule(self.scheduler, self.inverse_scheduler, num_inference_steps, num_inversion_steps, inject_steps)
 
     # -- video in, video out ------------------------------------------------------------------
 

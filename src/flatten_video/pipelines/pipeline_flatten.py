@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, DDIMInverseScheduler, DDIMScheduler, Diffus
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .conditioning import Conditioning
+from .conditioning import Conditioning, tokenize_prompt
 from .loading import LoraLoadingMixin, load_pretrained
 from .mixin import FlattenMixin
 
@@ -65,18 +65,8 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, LoraLoa
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """Text embedding (1, 77, D) of one prompt; warns when it is truncated."""
-        tokens = self.tokenizer(
-            prompt, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        )
-        untruncated = self.tokenizer(prompt, padding="longest", return_tensors="pt").input_ids
-        if untruncated.shape[-1] > tokens.input_ids.shape[-1]:
-            removed = self.tokenizer.batch_decode(untruncated[:, self.tokenizer.model_max_length - 1 : -1])
-            logger.warning(
-                "The prompt is longer than the text encoder takes (%d tokens); this part was dropped: %s",
-                self.tokenizer.model_max_length,
-                removed[0],
-            )
-        embeds = self.text_encoder(tokens.input_ids.to(self._execution_device))[0]
+        ids = tokenize_prompt(self.tokenizer, prompt)
+        embeds = self.text_encoder(ids.to(self._execution_device))[0]
         return embeds.to(self.unet.dtype)
 
     def encode_conditioning(self, prompt: str, height: int, width: int) -> Conditioning:

@@ -7,7 +7,7 @@ from diffusers import AutoencoderKL, DDIMInverseScheduler, DDIMScheduler, Diffus
 from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .conditioning import Conditioning
+from .conditioning import Conditioning, tokenize_prompt
 from .loading import LoraLoadingMixin, load_pretrained
 from .mixin import FlattenMixin
 
@@ -76,9 +76,8 @@ class FlattenSDXLPipeline(DiffusionPipeline, StableDiffusionXLLoraLoaderMixin, L
             return embeds, pooled
         hidden_states, pooled = [], None
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            ids = tokenizer(
-                prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-            ).input_ids.to(self._execution_device)
+            # Both tokenizers cut at 77 tokens: one warning is enough.
+            ids = tokenize_prompt(tokenizer, prompt, warn=tokenizer is self.tokenizer).to(self._execution_device)
             output = encoder(ids, output_hidden_states=True)
             hidden_states.append(output.hidden_states[-2])
             pooled = output[0]  # the second encoder's projected pooled embedding
