@@ -13,6 +13,7 @@ import urllib.error
 import warnings
 
 import av
+import PIL.Image
 import pytest
 import torch
 import torchvision.models._api as tv_weights_api
@@ -119,9 +120,10 @@ def test_cache_dir_resumes_an_edit_that_stopped_while_sampling(clip, tiny_sd_pat
     inversions = []
     original_invert = FlattenPipeline.invert_video
     monkeypatch.setattr(FlattenPipeline, "invert_video", lambda *a, **k: inversions.append(1) or original_invert(*a, **k))
-    status, out, _ = run(argv, capsys)
+    status, out, err = run(argv, capsys)
     assert status == 0 and out.strip() == f"wrote {output}"
-    assert inversions == []  # resumed from the cached inversion
+    assert inversions == []  # resumed from the cached inversion, and the user is told so in one line
+    assert [line for line in err.splitlines() if "cached inversion" in line][0].startswith("reusing the cached inversion")
     assert stream_info(output) == (W, H, 3)
     # Another seed changes the inversion (VAE sample, trajectories): not taken from the cache.
     status, _, _ = run(argv + ["--seed", "7"], capsys)
@@ -185,6 +187,55 @@ def test_raft_without_weights_offline_is_one_clear_line(clip, tiny_sd_path, tmp_
     assert loads == []  # found out before the Stable Diffusion model loads
 
 
+def decoded(path: pathlib.Path) -> torch.Tensor:
+    return read_video(path, 3).frames
+
+
+def test_several_prompts_invert_once_and_write_one_video_each(clip, tiny_sd_path, tmp_path, capsys, monkeypatch):
+    from flatten_video import FlattenPipeline
+
+    alone = tmp_path / "alone.mp4"
+    assert run(edit_argv(clip, alone, tiny_sd_path), capsys)[0] == 0
+    inversions = []
+    original_invert = FlattenPipeline.invert_video
+    monkeypatch.setattr(FlattenPipeline, "invert_video", lambda *a, **k: inversions.append(1) or original_invert(*a, **k))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# the watercolor one\n\na white fox, watercolor\n")
+    argv = edit_argv(clip, tmp_path / "{index}-{prompt}.mp4", tiny_sd_path, "-p", "a tiger", "--prompts-file", str(prompts))
+    status, out, err = run(argv, capsys)
+    assert status == 0 and inversions == [1]  # one inversion for the three prompts
+    names = ["1-a-cat.mp4", "2-a-tiger.mp4", "3-a-white-fox-watercolor.mp4"]
+    assert out.splitlines() == [f"wrote {tmp_path / name}" for name in names]
+    assert [line for line in err.splitlines() if line.startswith("prompt ")] == [
+        "prompt 1/3: a cat", "prompt 2/3: a tiger", "prompt 3/3: a white fox, watercolor"]
+    for name in names:
+        assert stream_info(tmp_path / name) == (W, H, 3)
+    # Each prompt gives the video an edit of that prompt alone gives.
+    assert torch.equal(decoded(tmp_path / "1-a-cat.mp4"), decoded(alone))
+    assert not torch.equal(decoded(tmp_path / "2-a-tiger.mp4"), decoded(alone))
+
+
+def test_a_failing_prompt_keeps_the_others_and_is_named(clip, tiny_sd_path, tmp_path, capsys, monkeypatch):
+    from flatten_video import FlattenPipeline
+
+    original_sample = FlattenPipeline.sample
+
+    def sample(self, inversion, prompt="", *args, **kwargs):
+        if prompt == "boom":
+            raise RuntimeError("CUDA out of memory")
+        return original_sample(self, inversion, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(FlattenPipeline, "sample", sample)
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run(edit_argv(clip, None, tiny_sd_path, "-p", "boom", "-p", "a dog"), capsys)
+    assert status == 1
+    assert out.splitlines() == ["wrote clip-a-cat.mp4", "wrote clip-a-dog.mp4"]  # default names for several prompts
+    errors = [line for line in err.splitlines() if line.startswith("flatten-video:")]
+    assert errors == ["flatten-video: error: prompt 2 ('boom'): CUDA out of memory",
+                      "flatten-video: error: 1 of 3 prompts failed: 2 ('boom'); the others were written"]
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["clip-a-cat.mp4", "clip-a-dog.mp4"]
+
+
 # ------------------------------------------------------------------------------------------- errors
 
 
@@ -197,6 +248,13 @@ def inputs(tmp_path) -> pathlib.Path:
     (folder / "empty.mp4").write_bytes(b"")
     (folder / "a-file").write_text("a regular file, not a folder\n")
     (folder / "taken.mp4").mkdir()  # a folder where the output should go
+    (folder / "junk.safetensors").write_bytes(b"\x93NUMPY not a safetensors header" * 4)
+    (folder / "weights.bin").write_bytes(b"\x80\x02}q\x00.")  # a pickle: never read
+    (folder / "latin1.txt").write_bytes("un renard blanc, aquarelle \xe9t\xe9".encode("latin-1"))
+    (folder / "frames").mkdir()
+    for index, frame in enumerate(moving_texture(frames=SOURCE_FRAMES, height=H, width=W)):
+        PIL.Image.fromarray((frame.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(folder / "frames" / f"{index:03d}.png")
+    (folder / "clip-link.mp4").symlink_to(folder.parent / "missing-until-the-test.mp4")
     return folder
 
 
@@ -204,10 +262,14 @@ def inputs(tmp_path) -> pathlib.Path:
 CLIP, TINY_SD, OUTPUT = "<clip>", "<tiny-sd>", "<output>"  # good video, good model, out/edit.mp4
 
 
-def case(video, *extra, output=OUTPUT, model=TINY_SD, error, id, loads_model=False):
+def case(video, *extra, output=OUTPUT, model=TINY_SD, error, id, loads_model=False, marks=()):
     """One bad command line: ``error`` is a regex the message must match. Paths are relative to the
-    ``inputs`` folder. Unless ``loads_model``, the error must come before the model loads."""
-    return pytest.param(video, list(extra), output, model, error, loads_model, id=id)
+    ``inputs`` folder, as are ``<inputs>/...`` values in ``extra``; the output may be the clip itself
+    (CLIP) or a link to it. Unless ``loads_model``, the error must come before the model loads."""
+    return pytest.param(video, list(extra), output, model, error, loads_model, id=id, marks=marks)
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 
 
 BAD_INPUTS = [
@@ -227,6 +289,29 @@ BAD_INPUTS = [
     case(CLIP, output="taken.mp4", error=r"output is a folder: .*taken\.mp4", id="output-is-a-folder"),
     case(CLIP, output="edit.avi", error=r"output must end in \.mp4 or \.gif: .*edit\.avi", id="avi-output"),
     case(CLIP, output="edit", error=r"output must end in \.mp4 or \.gif", id="no-extension"),
+    case(CLIP, output=CLIP, error=r"the output .*clip\.mp4 is the source video; choose another output name", id="output-is-the-source"),
+    case(CLIP, output="clip-link.mp4", error=r"the output .*clip-link\.mp4 is the source video", id="output-links-to-the-source"),
+    case("frames", output="frames/edit.mp4", error=r"the output .*edit\.mp4 is inside the frame folder being read", id="output-in-frame-folder"),
+    case(CLIP, "--fps", "nan", error=r"--fps must be a finite number, got nan", id="fps-nan"),
+    case(CLIP, "--fps", "inf", error=r"--fps must be a finite number, got inf", id="fps-inf"),
+    case(CLIP, "--guidance", "nan", error=r"--guidance must be a finite number, got nan", id="guidance-nan"),
+    case(CLIP, "--lora-scale", "nan", error=r"--lora-scale must be a finite number, got nan", id="lora-scale-nan"),
+    case(CLIP, "--seed", str(2**70), error=r"--seed must be at most 18446744073709551615 \(torch's generators take 64 bits\)", id="seed-too-big"),
+    case(CLIP, "--seed", "-1", error=r"--seed must be at least 0, got -1", id="seed-negative"),
+    case(CLIP, "--width", "100000", error=r"--width must be at most 4096 \(.*\), got 100000", id="width-huge"),
+    case(CLIP, "--device", "foo", error=r"unknown --device 'foo'; use cuda, cuda:N, mps or cpu", id="device-unknown"),
+    case(CLIP, "--device", "cuda", error=r"--device cuda: no CUDA GPU is available", id="device-no-cuda", marks=NO_CUDA),
+    case(CLIP, "--dtype", "float16", error=r"--dtype float16 does not run on the CPU; use float32 \(default\) or bfloat16", id="float16-on-cpu"),
+    case(CLIP, "--inversion-steps", "3", error=r"sampling with 2 steps injects features at timesteps that inversion with 3 steps never visits", id="inversion-misses-injected-steps"),
+    case(CLIP, "--cache-dir", "<inputs>/a-file", error=r"cannot keep inversions in .*a-file: .*a-file is a file, not a folder", id="cache-dir-is-a-file"),
+    case(CLIP, "--lora", "<inputs>/weights.bin", error=r"could not load the LoRA .*weights\.bin.: only \.safetensors files are read", id="pickled-lora"),
+    case(CLIP, "--lora", "<inputs>/junk.safetensors", error=r"could not load the LoRA .*junk\.safetensors.: not a valid safetensors file", id="junk-lora"),
+    case(CLIP, "--lora", "<inputs>/nope.safetensors", error=r"could not load the LoRA .*nope\.safetensors.: no such file", id="missing-lora"),
+    case(CLIP, "--lora", "someone/some-lora", error=r"HF_HUB_OFFLINE is set: the LoRA someone/some-lora is not in the Hugging Face cache", id="lora-hub-id-offline"),
+    case(CLIP, "-p", "a \udcff\udcfe fox", error=r"the prompt is not valid UTF-8 text", id="prompt-not-utf8"),
+    case(CLIP, "--prompts-file", "<inputs>/latin1.txt", error=r"the prompts file .*latin1\.txt is not UTF-8 text", id="prompts-file-not-utf8"),
+    case(CLIP, "--prompts-file", "<inputs>/nope.txt", error=r"cannot read the prompts file .*nope\.txt", id="prompts-file-missing"),
+    case(CLIP, "-p", "a dog", output="edit.mp4", error=r"2 prompts need one output each: put \{prompt\} or \{index\} in the output name", id="prompts-without-placeholder"),
     case(CLIP, model="no-such-model", error=r"could not load the Stable Diffusion model '.*no-such-model'", id="unknown-model-path", loads_model=True),
     case(CLIP, model=".", error=r"could not load the Stable Diffusion model '.*inputs'", id="folder-that-is-no-model", loads_model=True),
     # Tests run offline (conftest): a hub id not in the cache is told at once, before anything loads.
@@ -245,7 +330,11 @@ def test_bad_input_is_one_error_line_and_leaves_no_file(
         monkeypatch.setattr(runtime, "load_pipeline", lambda *args: loads.append(args))
     (tmp_path / "out").mkdir()
     video = clip if video == CLIP else inputs / video
-    output = tmp_path / "out" / "edit.mp4" if output == OUTPUT else inputs / output
+    output = {OUTPUT: tmp_path / "out" / "edit.mp4", CLIP: clip}.get(output, inputs / output)
+    (inputs / "clip-link.mp4").unlink()
+    (inputs / "clip-link.mp4").symlink_to(clip)
+    extra = [str(inputs / item.removeprefix("<inputs>/")) if item.startswith("<inputs>/") else item for item in extra]
+    source_bytes = pathlib.Path(clip).read_bytes()
     if model == TINY_SD:
         model = tiny_sd_path
     elif "/" not in model:  # a local path, not a hub id
@@ -265,6 +354,7 @@ def test_bad_input_is_one_error_line_and_leaves_no_file(
     assert re.search(error, lines[0]), lines[0]
     assert out == ""
     assert files_under(tmp_path) == before  # no output, no temporary file
+    assert pathlib.Path(clip).read_bytes() == source_bytes  # the source is never touched
     assert loads == []
 
 

@@ -217,6 +217,18 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to the current ``sys.stderr`` (which tests and notebooks replace), not the one at setup."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 class _Lines(logging.Formatter):
     """Progress notes as they are; warnings and errors prefixed with their level."""
 
@@ -240,7 +252,7 @@ def configure_logging(debug: bool) -> None:
     package.setLevel(logging.DEBUG if debug else logging.INFO)
     package.propagate = False  # a root handler would print every line twice
     if not any(getattr(handler, "_flatten_video", False) for handler in package.handlers):
-        handler = logging.StreamHandler()
+        handler = _Stderr()
         handler._flatten_video = True
         handler.setFormatter(_Lines())
         package.addHandler(handler)
