@@ -13,6 +13,7 @@ import functools
 import os
 import pathlib
 import socket
+import time
 from urllib.parse import urlparse
 
 
@@ -35,11 +36,16 @@ def offline_requested() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-@functools.lru_cache(maxsize=1)
 def network_available(timeout: float = 2.0) -> bool:
-    """Whether the hub's host answers on its port (checked once per process)."""
+    """Whether the hub's host answers on its port; the answer is kept a minute (a web server
+    asks once per edit, and the network may come back)."""
     if offline_requested():
         return False
+    return _reachable(int(time.monotonic() // 60), timeout)
+
+
+@functools.lru_cache(maxsize=1)
+def _reachable(minute: int, timeout: float) -> bool:
     from huggingface_hub import constants
 
     url = urlparse(constants.ENDPOINT)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from ..app.editing import control_images, controlled, prepare_source
-from ..app.runtime import check_controlnets, default_device, error_line, load_pipeline, resolve_dtype
+from ..app.runtime import check_runtime, default_device, error_line, load_pipeline, resolve_dtype
 from ..app.settings import EditSettings, RuntimeSettings, add_arguments
 from ..flow import FLOW_METHODS, estimate_flow
 from ..timing import timed
@@ -287,7 +287,7 @@ def run_bench(args: argparse.Namespace) -> int:
         attention, variant = ABLATIONS[args.ablation]
         settings = dataclasses.replace(settings, attention=attention, variant=variant)
     settings.check(require_prompt=False)
-    check_controlnets(args.model, settings.controls)
+    check_runtime(RuntimeSettings.from_namespace(args), settings)  # the machine, the model and its plug-ins, before any work
     from accelerate import PartialState
 
     data_dir = pathlib.Path(args.data_dir)
