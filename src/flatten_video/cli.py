@@ -202,12 +202,17 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage of ``edit`` alone is 20 lines, and would bury the reason."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(commands=None) -> argparse.ArgumentParser:
     """The parser, with the options of ``commands`` built (default: all; the others are listed
     with their help only, so building them imports nothing heavy)."""
-    parser = argparse.ArgumentParser(
-        prog="flatten-video", description="Training-free text-to-video editing with FLATTEN (ICLR 2024)."
-    )
+    parser = _Parser(prog="flatten-video", description="Training-free text-to-video editing with FLATTEN (ICLR 2024).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and the libraries' own log")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add) in COMMANDS.items():

@@ -189,6 +189,14 @@ def controlled(pipe, images: list[torch.Tensor] | None, settings: EditSettings):
     )
 
 
+def check_finite_frames(frames: torch.Tensor, pipe) -> None:
+    """Refuse to write a video of NaNs (black frames): half precision overflowing, or a guidance
+    scale so large the latents blow up."""
+    if not torch.isfinite(frames).all():
+        hint = "try --dtype bfloat16 or float32, or " if pipe.unet.dtype == torch.float16 else ""
+        raise ValueError(f"the edit came out as NaN or infinite values, so nothing was written; {hint}lower --guidance")
+
+
 def slug(text: str, limit: int = 40) -> str:
     """A file-name part from a prompt: 'A white fox, watercolor' -> 'a-white-fox-watercolor'."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "edit"
@@ -296,6 +304,7 @@ def edit_prompts(
                 kwargs = dataclasses.replace(settings, prompt=prompt).sampling_kwargs()
                 result = pipe(clip.frames, generator=generator, inversion=inversion, output_type="pt",
                               callback_on_step_end=callback_on_step_end, **kwargs)
+                check_finite_frames(result.frames, pipe)
                 written = pathlib.Path(output)
                 if write:
                     written = write_video(result.frames, output, fps=settings.fps or clip.fps,
