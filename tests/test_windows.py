@@ -278,7 +278,7 @@ def test_a_96_frame_clip_edits_through_the_command_line_in_windows(long_clip, ti
 @pytest.mark.parametrize("extra, message", [
     (["--window", "16", "--overlap", "16"], "--overlap must be smaller than --window (16), got 16"),
     (["--window", "1"], "--window must be at least 2, got 1"),
-    (["--window", "16", "--anchors", "200"], "anchors (200) must not exceed the clip's 96 frames"),
+    (["--window", "16", "--anchors", "200"], "--anchors (200) must not exceed the clip's 96 frames"),
     (["--anchors", "-1"], "--anchors must be at least 0, got -1"),
 ])
 def test_window_settings_that_do_not_fit_are_one_line_and_write_nothing(long_clip, tmp_path, capsys, extra, message):

@@ -44,25 +44,23 @@ def check_writable(path: pathlib.Path, source: str | os.PathLike | None = None) 
         raise VideoError(f"output must end in .mp4 or .gif: {path}")
     if path.is_dir():
         raise VideoError(f"output is a folder: {path}")
-    folder = path.absolute().parent
-    for parent in [folder, *folder.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise VideoError(f"cannot write {path}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK):
-                raise VideoError(f"cannot write {path}: {parent} is not writable")
-            break
+    check_creatable(path.absolute().parent, f"cannot write {path}")
 
 
 def check_cache_dir(folder: str | os.PathLike) -> None:
     """Raise :class:`VideoError` if inversions cannot be kept in ``folder`` (a file, or not writable)."""
-    folder = pathlib.Path(folder)
-    for parent in [folder, *folder.absolute().parents]:
+    check_creatable(pathlib.Path(folder).absolute(), f"cannot keep inversions in {folder}")
+
+
+def check_creatable(folder: pathlib.Path, action: str) -> None:
+    """Raise :class:`VideoError` (``action``: reason) unless ``folder`` exists or can be made: the
+    nearest existing folder at or above it must be a writable folder."""
+    for parent in [folder, *folder.parents]:
         if parent.exists():
             if not parent.is_dir():
-                raise VideoError(f"cannot keep inversions in {folder}: {parent} is a file, not a folder")
+                raise VideoError(f"{action}: {parent} is a file, not a folder")
             if not os.access(parent, os.W_OK):
-                raise VideoError(f"cannot keep inversions in {folder}: {parent} is not writable")
+                raise VideoError(f"{action}: {parent} is not writable")
             return
 
 

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..flow import estimate_flow
+from ..hub import hub_kwargs
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 DEFAULT_PICK_MODEL = "yuvalkirstain/PickScore_v1"
@@ -124,8 +125,11 @@ def _load_clip_cached(model_name: str, processor_name: str, device: str) -> tupl
         model_folder = Path(local_or_id(model_name))
         # Prefer safetensors; only insist on them where we can see they are there.
         use_safetensors = True if model_folder.is_dir() and any(model_folder.glob("*.safetensors")) else None
-        model = CLIPModel.from_pretrained(local_or_id(model_name), use_safetensors=use_safetensors)
-        processor = CLIPProcessor.from_pretrained(local_or_id(processor_name), **pil_backend)
+        # Offline: a cached model loads from the cache at once, a missing one fails at once (no retries).
+        model = CLIPModel.from_pretrained(local_or_id(model_name), use_safetensors=use_safetensors,
+                                          **hub_kwargs(local_or_id(model_name), "config.json", "the CLIP model"))
+        processor = CLIPProcessor.from_pretrained(local_or_id(processor_name), **pil_backend,
+                                                  **hub_kwargs(local_or_id(processor_name), "", "the CLIP processor"))
     except Exception as error:  # OSError, HFValidationError, EnvironmentError... when offline
         reason = (str(error).strip().splitlines() or [""])[0].rstrip(".")  # one line, so the advice below shows
         raise MetricModelError(
