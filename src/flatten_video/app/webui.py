@@ -540,11 +540,16 @@ def _header(editor: Editor, max_upload_mb: float | None) -> str:
         limits.append(f"at most {editor.max_frames} frames an edit")
     return (
         "# flatten-video\nTraining-free text-to-video editing with optical-flow-guided attention "
-        f"(FLATTEN, ICLR 2024). Model: `{editor.model}`{_lora_note(editor)} on `{editor.device}` "
+        f"(FLATTEN, ICLR 2024). Model: `{_model_name(editor.model)}`{_lora_note(editor)} on `{editor.device}` "
         f"({str(editor.dtype).removeprefix('torch.')}). Several prompts, one per line, are edited from one "
         "inversion. Edits run one at a time; others wait in the queue"
         + (f"; {', '.join(limits)}." if limits else ".")
     )
+
+
+def _model_name(model: str) -> str:
+    """A hub id as it is; a local folder or file by its name (where it lies is the server's business)."""
+    return pathlib.Path(model).name if os.path.exists(model) else model
 
 
 def _build_widgets(gr, default: EditSettings, max_frames: int | None = None, top: bool = True) -> dict:
@@ -589,7 +594,7 @@ def _widget(gr, name: str, meta, value, max_frames: int | None = None):
 def _lora_note(editor: Editor) -> str:
     if not editor.loras:
         return ""
-    return f" with LoRA {', '.join(f'`{lora}`' for lora in editor.loras)} at {editor.lora_scale:g}"
+    return f" with LoRA {', '.join(f'`{_model_name(lora)}`' for lora in editor.loras)} at {editor.lora_scale:g}"
 
 
 def _gradio():
