@@ -132,7 +132,7 @@ def visit(browser, server):
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         contexts.append(context)
         page = context.new_page()
-        page.set_default_timeout(30_000)
+        page.set_default_timeout(60_000)
         page.goto(server)
         page.wait_for_selector("#edit")
         page.evaluate(RECORD)
@@ -281,3 +281,4 @@ def test_a_second_visitor_sees_the_queue_and_stop_ends_an_edit_cleanly(visit, fi
     assert stopped == "stopped: the prompt that was running left no file"
     assert toast(second, "upload a source video first")  # then the second visitor's edit ran
     assert (outputs(files), sorted((files["outputs"] / "inversions").glob("*"))) == before  # nothing partial
+    assert "Traceback" not in files["log"].read_text()

@@ -98,6 +98,24 @@ def test_several_prompts_one_inversion_each_with_its_downloads(tiny_sd_path, sou
     assert "a-white-fox" in results[1].video.name
 
 
+def test_a_failing_prompt_among_several_is_a_warning_and_the_others_are_kept(tiny_sd_path, source, tmp_path, monkeypatch,
+                                                                            caplog):
+    editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results", cache_dir=False)
+    call = type(editor.pipeline).__call__
+
+    def fails_for_boom(pipe, *args, prompt="", **kwargs):
+        if prompt == "boom":
+            raise ValueError("the prompt went boom")
+        return call(pipe, *args, prompt=prompt, **kwargs)
+
+    monkeypatch.setattr(type(editor.pipeline), "__call__", fails_for_boom)
+    with pytest.warns(UserWarning, match="^'boom' failed: the prompt went boom$"), caplog.at_level(logging.WARNING):
+        results = list(webui.run_form(editor, str(source), *form_values(prompt="boom\na white fox")))
+
+    assert [r.prompt for r in results] == ["a white fox"] and frame_count(results[0].video) == (W, H, 3)
+    assert [r.getMessage() for r in caplog.records if r.name == webui.logger.name] == ["edit refused: the prompt went boom"]
+
+
 def test_a_side_by_side_edit_is_its_own_side_by_side_download(tiny_sd_path, source, tmp_path):
     editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results", cache_dir=False)
     (result,) = editor.edit(source, EditSettings(prompt="a tiger", side_by_side=True, **FAST))

@@ -411,6 +411,9 @@ class StopButtons:
         finally:
             with self._lock:
                 self._running[session].remove(flag_)
+                for flags in (self._armed, self._running):  # no entry per past visitor
+                    if not flags.get(session, True):
+                        del flags[session]
 
     def stop(self, session: str) -> int:
         """Stop every edit of ``session``; how many there were."""
