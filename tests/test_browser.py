@@ -204,6 +204,7 @@ def outputs(files) -> list[str]:
 
 def test_bad_input_is_one_line_on_the_page_and_in_the_log(visit, files, tmp_path):
     page = visit()
+    logged = len(files["log"].read_text())
     page.click("#edit")
     shown = [toast(page, "upload a source video first")]
     upload(page, files["clip"])
@@ -218,10 +219,10 @@ def test_bad_input_is_one_line_on_the_page_and_in_the_log(visit, files, tmp_path
 
     assert shown[2] == '"Width" must be a positive multiple of 8, got 90'
     assert all("\n" not in line and "--" not in line for line in shown)
-    log = files["log"].read_text()
+    log = files["log"].read_text()[logged:]
     assert "Traceback" not in log
     assert [line for line in log.splitlines() if "edit refused" in line] == [f"WARNING: edit refused: {line}" for line in shown]
-    assert outputs(files) == []
+    assert not any("walk" in name for name in outputs(files))
 
     page = visit()
     page.set_input_files("#source input[type=file]", str(files["big"]))  # Gradio's own check, before sending

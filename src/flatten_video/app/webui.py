@@ -364,7 +364,7 @@ def run_form(editor: Editor, video, *values, stop: threading.Event | None = None
                 raise result.error
             else:
                 _report(result.error, video)
-                gr.Warning(f"{result.prompt!r} failed: {page_message(result.error, video)}")
+                gr.Warning(f"{html.escape(repr(result.prompt), quote=False)} failed: {page_message(result.error, video)}")
     except EditStopped:
         logger.info("edit stopped by the visitor after %d result(s)", written)
         gr.Warning("stopped: the prompt that was running left no file" + (f"; {written} result(s) kept" if written else ""))
