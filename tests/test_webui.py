@@ -4,17 +4,23 @@ offline and fast."""
 
 from __future__ import annotations
 
+import html
+import logging
 import pathlib
 import socket
+import threading
+import urllib.error
 import urllib.request
 
 import av
 import gradio as gr
 import pytest
+import torch
+import torchvision.models._api as tv_weights_api
 
 from flatten_video import cli
 from flatten_video.app import webui
-from flatten_video.app.settings import EditSettings
+from flatten_video.app.settings import EditSettings, options_of
 from flatten_video.video import write_video
 
 from conftest import moving_texture
@@ -67,8 +73,141 @@ def test_a_new_prompt_on_the_same_clip_reuses_the_inversion(tiny_sd_path, source
 
     assert inversions == [] and frame_count(second) == (W, H, 3)
     with pytest.raises(gr.Error):  # other inversion settings: inverted again (here: refused by the patch)
-        webui.run_form(editor, str(source), *form_values(seed=6))
+        list(webui.run_form(editor, str(source), *form_values(seed=6)))
     assert len(inversions) == 1
+
+
+def test_several_prompts_one_inversion_each_with_its_downloads(tiny_sd_path, source, tmp_path, monkeypatch):
+    editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results", cache_dir=False)
+    inversions = []
+    invert = type(editor.pipeline).invert_video
+    monkeypatch.setattr(type(editor.pipeline), "invert_video", lambda *a, **k: inversions.append(1) or invert(*a, **k))
+    started = []
+
+    results = list(webui.run_form(editor, str(source), *form_values(prompt="a tiger\n\n  a white fox  \n", seed=7),
+                                  on_prompt=lambda index, total, prompt: started.append((index, total, prompt))))
+
+    assert len(inversions) == 1
+    assert started == [(0, 2, "a tiger"), (1, 2, "a white fox")]
+    assert [r.caption for r in results] == ["a tiger (seed 7)", "a white fox (seed 7)"]
+    for result in results:
+        assert frame_count(result.video) == (W, H, 3)
+        assert frame_count(result.side_by_side) == (2 * W, H, 3)
+        assert result.gif.suffix == ".gif" and frame_count(result.gif) == (W, H, 3)
+        assert result.side_by_side.parent == result.gif.parent == tmp_path / "results"
+    assert "a-white-fox" in results[1].video.name
+
+
+def test_a_failing_prompt_among_several_is_a_warning_and_the_others_are_kept(tiny_sd_path, source, tmp_path, monkeypatch,
+                                                                            caplog):
+    editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results", cache_dir=False)
+    call = type(editor.pipeline).__call__
+
+    def fails_for_boom(pipe, *args, prompt="", **kwargs):
+        if prompt == "boom":
+            raise ValueError("the prompt went boom")
+        return call(pipe, *args, prompt=prompt, **kwargs)
+
+    monkeypatch.setattr(type(editor.pipeline), "__call__", fails_for_boom)
+    with pytest.warns(UserWarning, match="^'boom' failed: the prompt went boom$"), caplog.at_level(logging.WARNING):
+        results = list(webui.run_form(editor, str(source), *form_values(prompt="boom\na white fox")))
+
+    assert [r.prompt for r in results] == ["a white fox"] and frame_count(results[0].video) == (W, H, 3)
+    assert [r.getMessage() for r in caplog.records if r.name == webui.logger.name] == ["edit refused: the prompt went boom"]
+
+
+def test_a_side_by_side_edit_is_its_own_side_by_side_download(tiny_sd_path, source, tmp_path):
+    editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results", cache_dir=False)
+    (result,) = editor.edit(source, EditSettings(prompt="a tiger", side_by_side=True, **FAST))
+    assert result.side_by_side == result.video and frame_count(result.video) == (2 * W, H, 3)
+    assert frame_count(result.gif) == (2 * W, H, 3)
+
+
+def test_stop_ends_the_edit_and_keeps_no_partial_file(tiny_sd_path, source, tmp_path):
+    editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results", cache_dir=False)
+    stop = threading.Event()
+    editor.pipeline.set_progress_bar_config(disable=True)
+
+    def press_stop_during_second_prompt(index, total, prompt):
+        if index == 1:
+            stop.set()  # the next sampling step ends the prompt
+
+    results = list(webui.run_form(editor, str(source), *form_values(prompt="a tiger\na white fox"),
+                                  stop=stop, on_prompt=press_stop_during_second_prompt))
+
+    assert [r.prompt for r in results] == ["a tiger"]
+    written = sorted(p.name for p in (tmp_path / "results").iterdir())
+    assert len(written) == 3 and all("a-tiger" in name for name in written)  # mp4, side by side, GIF; no fox
+
+
+def test_stop_before_the_edit_starts_loads_no_model(tiny_sd_path, source, tmp_path):
+    editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results")
+    stop = threading.Event()
+    stop.set()
+    assert list(webui.run_form(editor, str(source), *form_values(), stop=stop)) == []
+    assert not editor.loaded and not (tmp_path / "results").exists()
+
+
+def test_stop_flags_belong_to_one_visitor_and_to_the_edits_they_submitted():
+    stops = webui.StopButtons()
+    stops.arm("ann")
+    assert stops.stop("bob") == 0  # Bob has nothing to stop
+    with stops.edit("bob") as bob, stops.edit("ann") as ann:
+        assert stops.stop("ann") == 1
+        assert ann.is_set() and not bob.is_set()
+    assert stops.stop("ann") == 0  # a Stop after the edit is not kept for the next one
+    with stops.edit("ann") as later:
+        assert not later.is_set()
+
+
+def test_a_stop_reaches_the_pipeline_through_the_progress_ticks():
+    class Progress:  # what Gradio's patched tqdm calls on every tick of a pipeline's bar
+        iterables = []
+
+        def update(self, n=1):
+            ticks.append(n)
+
+    ticks, stop = [], threading.Event()
+    progress = Progress()
+    webui.PageProgress(progress, stop)
+    progress.update()
+    stop.set()
+    with pytest.raises(webui.EditStopped):
+        progress.update()
+    assert ticks == [1]
+
+
+def test_gradio_gives_the_edit_handler_its_progress_and_request(tmp_path):
+    """Gradio places gr.Progress (and with it the phases' progress) only in named positional
+    parameters; a ``progress=`` after ``*values`` was never filled, and the page showed none."""
+    from gradio.helpers import Progress, special_args
+
+    app = webui.build_app(webui.Editor("some/model", device="cpu", output_dir=tmp_path))
+    (edit,) = [fn for fn in app.fns.values() if fn.api_name == "edit"]
+    inputs, progress_index, _, _ = special_args(edit.fn, inputs=["video", [], *form_values()])
+
+    assert progress_index == 3 and isinstance(inputs[3], Progress) and inputs[3].track_tqdm
+    assert edit.queue and edit.concurrency_limit in (1, "default")
+
+
+def test_the_form_is_the_settings_schema_with_its_help_as_info(tmp_path):
+    editor = webui.Editor("some/model", device="cpu", dtype="float32", output_dir=tmp_path, max_frames=48)
+    app = webui.build_app(editor, max_upload_mb=50)
+    widgets = {b.elem_id.removeprefix("option-").replace("-", "_"): b for b in app.blocks.values()
+               if str(getattr(b, "elem_id", "")).startswith("option-")}
+    helps = {f.name: meta.help for f, meta in options_of(EditSettings)}
+
+    assert list(widgets) == sorted(webui.FORM_FIELDS, key=list(widgets).index) and set(widgets) == set(webui.FORM_FIELDS)
+    for name, widget in widgets.items():
+        assert widget.info.startswith(webui.page_text(helps[name])), name
+        assert "--" not in widget.info and "%%" not in widget.info, name
+    assert widgets["frames"].maximum == 48
+    assert widgets["prompt"].lines > 1
+    header = next(b.value for b in app.blocks.values() if isinstance(b, gr.Markdown))
+    assert "some/model" in header and "cpu" in header and "float32" in header
+    assert "50 MB" in header and "48 frames" in header
+    examples = next(b for b in app.blocks.values() if isinstance(b, gr.Dataset))
+    assert webui.SAMPLE_VIDEO.is_file() and len(examples.samples) == len(webui.EXAMPLE_PROMPTS) >= 2
 
 
 def test_form_values_become_settings_with_zero_meaning_automatic():
@@ -78,35 +217,79 @@ def test_form_values_become_settings_with_zero_meaning_automatic():
     assert settings.frames == 16 and isinstance(settings.frames, int)
     assert settings.seed == 3 and settings.prompt == "a tiger"
     assert webui.form_settings(*form_values(stride=2, width=128)).stride == 2
+    assert webui.form_prompts(" a tiger \n\n a fox\n") == ["a tiger", "a fox"]
 
 
 @pytest.mark.parametrize(
     "video, changes, message",
     [
-        (None, {}, "upload a source video"),
-        ("source", {"prompt": "  "}, "prompt is empty"),
-        ("source", {"width": 90}, "multiple of 8"),
-        ("source", {"inject_steps": 5}, "inject-steps"),
+        (None, {}, "upload a source video first"),
+        ("source", {"prompt": "  \n "}, "prompt is empty"),
+        ("source", {"width": 90}, '"Width" must be a positive multiple of 8, got 90'),
+        ("source", {"inject_steps": 5}, '"Steps with source features" must be between 0 and "Sampling steps" (2)'),
+        ("source", {"frames": 9}, '"Frames to edit" is 9; this server edits at most 8 frames'),
         ("missing", {}, "missing.mp4"),
     ],
 )
-def test_bad_input_is_one_line_on_the_page_and_loads_no_model(tiny_sd_path, source, tmp_path, video, changes, message):
-    editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results")
+def test_bad_input_is_one_line_on_the_page_one_in_the_log_and_loads_no_model(tiny_sd_path, source, tmp_path, caplog,
+                                                                           video, changes, message):
+    editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results", max_frames=8)
     video = {"source": str(source), "missing": str(tmp_path / "missing.mp4"), None: None}[video]
 
-    with pytest.raises(gr.Error) as info:
-        webui.run_form(editor, video, *form_values(**changes))
+    with pytest.raises(gr.Error) as info, caplog.at_level(logging.WARNING):
+        list(webui.run_form(editor, video, *form_values(**changes)))
 
-    assert message in str(info.value.message)
-    assert "\n" not in str(info.value.message)
+    shown = str(info.value.message)
+    assert message in shown and "\n" not in shown and "--" not in shown
+    assert info.value.print_exception is False  # Gradio prints no traceback for it
+    (record,) = [r for r in caplog.records if r.name == webui.logger.name]
+    assert record.getMessage() == f"edit refused: {shown}" and record.exc_info is None
     assert editor._pipeline is None  # refused before the model loaded
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_a_bug_is_logged_with_its_traceback(source, tmp_path, caplog, monkeypatch):
+    editor = webui.Editor("some/model", device="cpu", output_dir=tmp_path)
+    monkeypatch.setattr(editor, "edit", lambda *a, **k: iter([1 / 0]))
+    with pytest.raises(gr.Error) as info, caplog.at_level(logging.WARNING):
+        list(webui.run_form(editor, str(source), *form_values()))
+    assert info.value.message == "division by zero"
+    (record,) = [r for r in caplog.records if r.name == webui.logger.name]
+    assert record.exc_info is not None
+
+
+def test_raft_offline_shows_the_whole_advice_without_flags_or_html(source, tmp_path, monkeypatch):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(tv_weights_api, "load_state_dict_from_url", offline)
+    editor = webui.Editor("some/model", device="cpu", output_dir=tmp_path)
+
+    with pytest.raises(gr.Error) as info:
+        list(webui.run_form(editor, str(source), *form_values(flow="raft")))
+
+    shown = str(info.value.message)
+    assert "&lt;urlopen error [Errno -3] Temporary failure in name resolution&gt;" in shown  # shown as typed
+    assert '"Optical flow" set to dis' in shown and "--" not in shown and "CLI" not in shown
+    assert shown.endswith(".pth by hand and place it at " + f"{torch.hub.get_dir()}/checkpoints/raft_large_C_T_SKHT_V2-ff5fadd5.pth.")
+    assert html.unescape(shown).count("<") == 1 and not editor.loaded
+
+
+def test_page_messages_name_the_uploaded_file_not_gradios_temporary_path():
+    from gradio.utils import get_upload_folder
+
+    upload = f"{get_upload_folder()}/3f2a9c/holiday clip.mp4"
+    error = ValueError(f"could not read {upload}: not a video (and {get_upload_folder()}/77ab/other.mov)")
+    assert webui.page_message(error, upload) == "could not read holiday clip.mp4: not a video (and other.mov)"
+    assert webui.page_text("use --flow dis or --window 0; --frames must be; ~40%% more") == (
+        'use "Optical flow" set to dis or "Window" 0; "Frames to edit" must be; ~40% more')
 
 
 def test_unknown_model_is_a_clear_error_on_the_page(source, tmp_path):
     editor = webui.Editor(str(tmp_path / "no-such-model"), device="cpu", output_dir=tmp_path / "results")
     with pytest.raises(gr.Error) as info:
-        webui.run_form(editor, str(source), *form_values())
+        list(webui.run_form(editor, str(source), *form_values()))
     assert "no-such-model" in str(info.value.message)
 
 
@@ -120,16 +303,19 @@ def test_web_command_listens_on_localhost_without_share_link_by_default(monkeypa
     assert launched["server_name"] == "127.0.0.1"
     assert launched["share"] is False
     assert launched["allowed_paths"] == [str(tmp_path / "flatten-video-outputs")]
+    assert launched["max_file_size"] == 200 * 1024 * 1024
 
 
-def test_web_command_cache_options(monkeypatch, tmp_path):
-    editors = []
-    monkeypatch.setattr(webui, "build_app", lambda editor: editors.append(editor) or gr.Blocks())
+def test_web_command_cache_and_limit_options(monkeypatch, tmp_path):
+    editors, uploads = [], []
+    monkeypatch.setattr(webui, "build_app", lambda editor, mb: editors.append(editor) or uploads.append(mb) or gr.Blocks())
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: None)
     cli.main(["web", "--output-dir", str(tmp_path / "o"), "--device", "cpu"])
-    cli.main(["web", "--cache-dir", str(tmp_path / "c"), "--device", "cpu"])
+    cli.main(["web", "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--max-frames", "16", "--max-upload-mb", "5"])
     cli.main(["web", "--no-cache", "--device", "cpu"])
     assert [e.cache_dir for e in editors] == [tmp_path / "o" / "inversions", tmp_path / "c", None]
+    assert [e.max_frames for e in editors] == [webui.DEFAULT_MAX_FRAMES, 16, webui.DEFAULT_MAX_FRAMES]
+    assert uploads == [200, 5, 200]
 
 
 def test_web_editor_applies_loras(tiny_sd_path, tiny_lora_path, source, tmp_path):
@@ -158,9 +344,12 @@ def test_served_page_edits_a_video_end_to_end(tiny_sd_path, source, tmp_path):
         url = f"http://127.0.0.1:{port}/"
         assert urllib.request.urlopen(url).status == 200
         client = Client(url, verbose=False)
-        result = client.predict(handle_file(str(source)), *form_values(), api_name="/edit")
-        assert frame_count(pathlib.Path(result)) == (W, H, 3)
-        assert len(list(editor.output_dir.glob("*.mp4"))) == 1
+        video, side_by_side, gif, gallery = client.predict(handle_file(str(source)), *form_values(), api_name="/edit")
+        assert frame_count(pathlib.Path(video)) == (W, H, 3)
+        assert frame_count(pathlib.Path(side_by_side["value"])) == (2 * W, H, 3)  # the buttons' updates
+        assert pathlib.Path(gif["value"]).suffix == ".gif" and side_by_side["visible"]
+        assert [item["caption"] for item in gallery] == ["a tiger (seed 5)"]
+        assert len(list(editor.output_dir.glob("*.mp4"))) == 2 and len(list(editor.output_dir.glob("*.gif"))) == 1
         with pytest.raises(Exception, match="multiple of 8"):
             client.predict(handle_file(str(source)), *form_values(width=90), api_name="/edit")
     finally:
