@@ -293,12 +293,12 @@ def test_unknown_model_is_a_clear_error_on_the_page(source, tmp_path):
     assert "no-such-model" in str(info.value.message)
 
 
-def test_web_command_listens_on_localhost_without_share_link_by_default(monkeypatch, tmp_path):
+def test_web_command_listens_on_localhost_without_share_link_by_default(monkeypatch, tmp_path, tiny_sd_path):
     launched = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs))
     monkeypatch.chdir(tmp_path)
 
-    assert cli.main(["web", "--model", "some/model", "--device", "cpu"]) == 0
+    assert cli.main(["web", "--model", str(tiny_sd_path), "--device", "cpu"]) == 0
 
     assert launched["server_name"] == "127.0.0.1"
     assert launched["share"] is False
@@ -306,13 +306,14 @@ def test_web_command_listens_on_localhost_without_share_link_by_default(monkeypa
     assert launched["max_file_size"] == 200 * 1024 * 1024
 
 
-def test_web_command_cache_and_limit_options(monkeypatch, tmp_path):
+def test_web_command_cache_and_limit_options(monkeypatch, tmp_path, tiny_sd_path):
     editors, uploads = [], []
     monkeypatch.setattr(webui, "build_app", lambda editor, mb: editors.append(editor) or uploads.append(mb) or gr.Blocks())
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: None)
-    cli.main(["web", "--output-dir", str(tmp_path / "o"), "--device", "cpu"])
-    cli.main(["web", "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--max-frames", "16", "--max-upload-mb", "5"])
-    cli.main(["web", "--no-cache", "--device", "cpu"])
+    model = ["--model", str(tiny_sd_path), "--device", "cpu"]
+    cli.main(["web", "--output-dir", str(tmp_path / "o"), *model])
+    cli.main(["web", "--cache-dir", str(tmp_path / "c"), *model, "--max-frames", "16", "--max-upload-mb", "5"])
+    cli.main(["web", "--no-cache", *model])
     assert [e.cache_dir for e in editors] == [tmp_path / "o" / "inversions", tmp_path / "c", None]
     assert [e.max_frames for e in editors] == [webui.DEFAULT_MAX_FRAMES, 16, webui.DEFAULT_MAX_FRAMES]
     assert uploads == [200, 5, 200]
@@ -354,3 +355,17 @@ def test_served_page_edits_a_video_end_to_end(tiny_sd_path, source, tmp_path):
             client.predict(handle_file(str(source)), *form_values(width=90), api_name="/edit")
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "foo"], "unknown --device 'foo'; use cuda, cuda:N, mps or cpu"),
+    (["--device", "cpu", "--dtype", "float16"], "--dtype float16 does not run on the CPU"),
+    (["--device", "cpu", "--model", "someone/uncached-model"], "HF_HUB_OFFLINE is set: the model someone/uncached-model is not in"),
+    (["--device", "cpu", "--port", "70000"], "--port must be between 1 and 65535, got 70000"),
+])
+def test_web_command_refuses_a_machine_or_model_it_cannot_serve_before_serving(argv, message, monkeypatch, capsys):
+    launched = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.append(kwargs))
+    assert cli.main(["web", *argv]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"flatten-video: error: {message}") and launched == []

@@ -30,6 +30,8 @@ from .runtime import (
     USER_ERRORS,
     add_controlnets,
     check_controlnets,
+    check_runtime,
+    check_schedule,
     default_device,
     error_line,
     load_pipeline,
@@ -229,6 +231,7 @@ class Editor:
         clip = prepare_source(video, settings, output, short_side=pipeline_class(self.model).default_short_side)
         controls = control_images(clip, settings)
         check_controlnets(self.model, settings.controls)
+        check_schedule(self.model, settings)
         return clip, controls
 
     def write_downloads(self, output: pathlib.Path, clip, settings: EditSettings) -> tuple[pathlib.Path, pathlib.Path]:
@@ -611,6 +614,11 @@ def _gradio():
 
 
 def run_web(args: argparse.Namespace) -> int:
+    # The machine, the model and the LoRAs are checked before serving: a bad --device or an
+    # uncached model offline is one line now, not an error on every visitor's first edit.
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    check_runtime(RuntimeSettings.from_namespace(args))
     editor = Editor(args.model, args.device, args.dtype, args.output_dir, False if args.no_cache else args.cache_dir,
                     args.lora, args.lora_scale, model_config=args.model_config, max_frames=args.max_frames)
     app = build_app(editor, args.max_upload_mb)
