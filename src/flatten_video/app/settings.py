@@ -56,6 +56,7 @@ class Widget:
         zero_is_auto: 0 on the page means None (automatic).
         placeholder: the hint an empty text box shows.
         options: the choices of ``"checkboxes"``.
+        info: the page's help, where the command line's would not fit it (default: the option's help).
     """
 
     kind: str
@@ -67,6 +68,7 @@ class Widget:
     zero_is_auto: bool = False
     placeholder: str | None = None
     options: tuple = ()
+    info: str | None = None
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,10 @@ class EditSettings:
     control: list = option(
         [], "a ControlNet steering the edit: canny, depth, hed, lineart or openpose, with =MODEL to pick the "
         "ControlNet (default: the usual one for the model's family); repeat for several", inversion=True,
-        metavar="KIND[=MODEL]", widget=Widget("checkboxes", "ControlNets (condition maps from the source)", CONTROL, options=CONTROL_KINDS),
+        metavar="KIND[=MODEL]", widget=Widget(
+            "checkboxes", "ControlNets (condition maps from the source)", CONTROL, options=CONTROL_KINDS,
+            info="ControlNets steering the edit, each the usual one for the model's family; the condition maps are "
+                 "computed from the source"),
     )
     control_video: list = option(
         [], "condition maps as a video or frame folder, for the --control of the same rank (instead of computing "

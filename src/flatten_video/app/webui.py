@@ -574,7 +574,7 @@ def _build_widgets(gr, default: EditSettings, max_frames: int | None = None, top
 
 def _widget(gr, name: str, meta, value, max_frames: int | None = None):
     spec = meta.widget
-    info = page_text(meta.help)
+    info = page_text(spec.info or meta.help)
     common = dict(label=spec.label, info=info, elem_id=f"option-{name.replace('_', '-')}")
     if spec.zero_is_auto and value is None:
         value = 0
