@@ -11,6 +11,9 @@ frame ``t + 1``; channel 0 is the x (column) displacement, channel 1 the y (row)
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -89,7 +92,10 @@ def ensure_raft_weights() -> dict[str, torch.Tensor]:
     weights = Raft_Large_Weights.DEFAULT
     try:
         # weights_only: the file is a plain state dict, so nothing in it gets unpickled as code.
-        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+        # torch.hub announces a download even without progress: offline, that line would stand
+        # before our one-line error (and on stdout, among the command's results).
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as error:  # torchvision raises URLError, OSError, RuntimeError... offline
         cache = torch.hub.get_dir()
         filename = weights.url.rsplit("/", 1)[-1]

@@ -134,7 +134,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("edited", help="the edited video (file or folder of frames)")
     parser.add_argument("source", help="the source video it was made from (file or folder of frames)")
-    parser.add_argument("--prompt", required=True, help="the edit prompt")
+    parser.add_argument("--prompt", "-p", required=True, help="the edit prompt")
     parser.add_argument("--frames", type=int, default=32, help="frames to compare (default: 32)")
     parser.add_argument("--stride", type=int, default=None, help="stride the edit took from the source, as in edit (default: total // frames)")
     parser.add_argument("--width", type=int, default=None, help="working width, as in edit")
@@ -287,7 +287,6 @@ def run_bench(args: argparse.Namespace) -> int:
         attention, variant = ABLATIONS[args.ablation]
         settings = dataclasses.replace(settings, attention=attention, variant=variant)
     settings.check(require_prompt=False)
-    check_runtime(RuntimeSettings.from_namespace(args), settings)  # the machine, the model and its plug-ins, before any work
     from accelerate import PartialState
 
     data_dir = pathlib.Path(args.data_dir)
@@ -297,6 +296,7 @@ def run_bench(args: argparse.Namespace) -> int:
     items = select_items(items, split(args.subset), split(args.videos), split(args.edits), args.limit)
     if not items:
         raise BenchError("no item matches --subset/--videos/--edits")
+    check_runtime(RuntimeSettings.from_namespace(args), settings)  # the machine, the model and its plug-ins, before any work
 
     # cpu=True lets processes started by torchrun/accelerate on CPUs form a (gloo) group too.
     state = PartialState(cpu=args.device == "cpu")
