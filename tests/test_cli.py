@@ -311,6 +311,7 @@ BAD_INPUTS = [
     case(CLIP, "--prompts-file", "<inputs>/latin1.txt", error=r"the prompts file .*latin1\.txt is not UTF-8 text", id="prompts-file-not-utf8"),
     case(CLIP, "--prompts-file", "<inputs>/nope.txt", error=r"cannot read the prompts file .*nope\.txt", id="prompts-file-missing"),
     case(CLIP, "-p", "a dog", output="edit.mp4", error=r"2 prompts need one output each: put \{prompt\} or \{index\} in the output name", id="prompts-without-placeholder"),
+    case(CLIP, model="junk.safetensors", error=r"could not read the checkpoint .*junk\.safetensors: not a valid safetensors file", id="junk-checkpoint"),
     case(CLIP, model="no-such-model", error=r"could not load the Stable Diffusion model '.*no-such-model'", id="unknown-model-path", loads_model=True),
     case(CLIP, "--guidance", "1e38", error=r"the edit came out as NaN or infinite values, so nothing was written; lower --guidance", id="edit-blows-up", loads_model=True),
     case(CLIP, model=".", error=r"could not load the Stable Diffusion model '.*inputs'", id="folder-that-is-no-model", loads_model=True),

@@ -137,7 +137,8 @@ def single_file_family(path: str | os.PathLike) -> str:
             v2 = CHECKPOINT_KEY_NAMES["v2"]
             width = file.get_slice(v2).get_shape()[-1] if v2 in keys else None
     except Exception as error:
-        raise ModelLoadError(f"could not read the checkpoint {path}: {_one_line(error)}") from error
+        raise ModelLoadError(f"could not read the checkpoint {path}: not a valid safetensors file, damaged or another "
+                             f"format renamed ({_one_line(error)})") from error
     if any(key.startswith("conditioner.embedders.1.") for key in keys):
         return "sdxl"
     return "sd21" if width == 1024 else "sd15"
