@@ -362,6 +362,8 @@ def test_served_page_edits_a_video_end_to_end(tiny_sd_path, source, tmp_path):
     (["--device", "cpu", "--dtype", "float16"], "--dtype float16 does not run on the CPU"),
     (["--device", "cpu", "--model", "someone/uncached-model"], "HF_HUB_OFFLINE is set: the model someone/uncached-model is not in"),
     (["--device", "cpu", "--port", "70000"], "--port must be between 1 and 65535, got 70000"),
+    (["--device", "cpu", "--max-upload-mb", "nan"], "--max-upload-mb must be a finite number, got nan"),
+    (["--device", "cpu", "--max-frames", "1"], "--max-frames must be at least 2 frames"),
 ])
 def test_web_command_refuses_a_machine_or_model_it_cannot_serve_before_serving(argv, message, monkeypatch, capsys):
     launched = []

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from ..validation import check_num_frames, check_positive_number
 from ..video import read_video, write_video
 from .editing import control_images, edit_prompts, prepare_source, prompt_outputs
 from .runtime import (
@@ -618,6 +619,8 @@ def run_web(args: argparse.Namespace) -> int:
     # uncached model offline is one line now, not an error on every visitor's first edit.
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    check_positive_number("--max-upload-mb", args.max_upload_mb)
+    check_num_frames("--max-frames", args.max_frames)
     check_runtime(RuntimeSettings.from_namespace(args))
     editor = Editor(args.model, args.device, args.dtype, args.output_dir, False if args.no_cache else args.cache_dir,
                     args.lora, args.lora_scale, model_config=args.model_config, max_frames=args.max_frames)
