@@ -410,3 +410,17 @@ def test_debug_raises_instead_of_printing(inputs, tmp_path, capsys):
     with pytest.raises(ValueError, match="--steps must be at least 1"):
         cli.main(["--debug", *argv, "--steps", "0"])
     assert "flatten-video: error" not in capsys.readouterr().err
+
+
+def test_output_names_for_several_prompts():
+    from flatten_video.app.editing import prompt_outputs
+
+    names = lambda template, prompts: [str(p) for p in prompt_outputs(template, prompts)]  # noqa: E731
+    assert names("x-{prompt}.mp4", ["a cat!", "A cat?", "a dog, watercolor"]) == ["x-a-cat-1.mp4", "x-a-cat-2.mp4", "x-a-dog-watercolor.mp4"]
+    assert names("{index}-{prompt}.gif", ["a cat!", "A cat?"]) == ["1-a-cat.gif", "2-a-cat.gif"]
+    assert names("one.mp4", ["only one"]) == ["one.mp4"]
+    assert names("{prompt}.mp4", ["???"]) == ["edit.mp4"]  # nothing left of the prompt for a name
+    with pytest.raises(ValueError, match=r"may hold only \{prompt\} and \{index\}"):
+        prompt_outputs("{name}-{prompt}.mp4", ["a", "b"])
+    with pytest.raises(ValueError, match="2 prompts need one output each"):
+        prompt_outputs("same.mp4", ["a", "b"])

@@ -23,6 +23,7 @@ import torch
 from ..flow import ensure_raft_weights
 from ..pipelines import FlattenInversion
 from ..video import Video, VideoError, read_video, write_video
+from .errors import error_line
 from .settings import EditSettings
 
 logger = logging.getLogger(__name__)
@@ -219,12 +220,8 @@ def prompt_outputs(template: str | os.PathLike, prompts: Sequence[str]) -> list[
         try:
             paths.append(pathlib.Path(template.format(prompt=prompt_slug, index=index)))
         except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(f"the output name {template} may hold only {{prompt}} and {{index}} ({error_text(error)})") from None
+            raise ValueError(f"the output name {template} may hold only {{prompt}} and {{index}} ({error_line(error)})") from None
     return paths
-
-
-def error_text(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
 
 
 @dataclass
@@ -289,7 +286,7 @@ def edit_prompts(
     if len(outputs) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts and {len(outputs)} outputs: give one output per prompt")
     if clip is None:
-        clip = prepare_source(video, dataclasses.replace(settings, prompt=prompts[0] if prompts else ""), outputs[0] if outputs else None)
+        clip = prepare_source(video, dataclasses.replace(settings, prompt=prompts[0] if prompts else ""), outputs)
     if settings.control and controls is None:
         controls = control_images(clip, settings)
     with controlled(pipe, controls, settings):
