@@ -298,6 +298,7 @@ BAD_INPUTS = [
     case(CLIP, "--seed", str(2**70), error=r"--seed must be at most 18446744073709551615 \(torch's generators take 64 bits\)", id="seed-too-big"),
     case(CLIP, "--seed", "-1", error=r"--seed must be at least 0, got -1", id="seed-negative"),
     case(CLIP, "--width", "100000", error=r"--width must be at most 4096 \(.*\), got 100000", id="width-huge"),
+    case(CLIP, "--width", "8", error=r"--width must be at least 64 pixels \(optical flow and the U-Net need a few latents\), got 8", id="width-tiny"),
     case(CLIP, "--device", "foo", error=r"unknown --device 'foo'; use cuda, cuda:N, mps or cpu", id="device-unknown"),
     case(CLIP, "--device", "cuda", error=r"--device cuda: no CUDA GPU is available", id="device-no-cuda", marks=NO_CUDA),
     case(CLIP, "--dtype", "float16", error=r"--dtype float16 does not run on the CPU; use float32 \(default\) or bfloat16", id="float16-on-cpu"),

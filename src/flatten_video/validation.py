@@ -55,10 +55,22 @@ def check_num_frames(name: str, count: int) -> None:
         raise ValueError(f"{name} must be at least 2 frames (FLATTEN follows motion between frames), got {count}")
 
 
+#: The smallest frame side: 8 latents of 8 pixels. OpenCV's DIS flow fails below 12 pixels, and
+#: Stable Diffusion draws nothing recognisable on a few latents.
+MIN_SIDE = 64
+
+
 def check_multiple_of_8(name: str, value: int) -> None:
     """Frame sides: the VAE downsamples by 8 (deeper U-Net levels round up)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 8 or value % 8:
         raise ValueError(f"{name} must be a positive multiple of 8, got {value!r}")
+
+
+def check_frame_side(name: str, value: int) -> None:
+    """A side of the frames an edit works on: a multiple of 8 of at least :data:`MIN_SIDE` pixels."""
+    check_multiple_of_8(name, value)
+    if value < MIN_SIDE:
+        raise ValueError(f"{name} must be at least {MIN_SIDE} pixels (optical flow and the U-Net need a few latents), got {value}")
 
 
 def check_fraction_window(start: float, end: float, start_name: str, end_name: str) -> None:

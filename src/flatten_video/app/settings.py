@@ -24,7 +24,7 @@ from ..validation import (
     check_finite,
     check_fraction_window,
     check_inject_steps,
-    check_multiple_of_8,
+    check_frame_side,
     check_num_frames,
     check_positive_number,
     check_text,
@@ -83,7 +83,7 @@ class Option:
         choices: the allowed values, if a fixed set.
         minimum: the smallest allowed integer.
         maximum: the largest allowed value, and ``why`` it is the limit.
-        multiple_of_8: a frame side in pixels.
+        frame_side: a frame side in pixels (a multiple of 8, at least 64).
         positive: a number that must be above 0.
         widget: its web widget (None: not on the page).
         metavar: the command line's name for its value.
@@ -97,7 +97,7 @@ class Option:
     minimum: int | None = None
     maximum: int | None = None
     why: str = ""
-    multiple_of_8: bool = False
+    frame_side: bool = False
     positive: bool = False
     widget: Widget | None = None
     metavar: str | None = None
@@ -133,12 +133,12 @@ class EditSettings:
         widget=Widget("number", "Stride (0: spread over the clip)", FRAMES, 0, zero_is_auto=True),
     )
     width: int | None = option(
-        None, "working width in pixels, a multiple of 8 (default: aspect kept, short side 512, multiples of 64)",
-        multiple_of_8=True, maximum=MAX_SIDE, why=MAX_SIDE_WHY,
+        None, "working width in pixels, a multiple of 8 from 64 to 4096 (default: aspect kept, short side 512, multiples of 64)",
+        frame_side=True, maximum=MAX_SIDE, why=MAX_SIDE_WHY,
         widget=Widget("number", "Width (0: short side 512, aspect kept)", FRAMES, 0, step=8, zero_is_auto=True),
     )
     height: int | None = option(
-        None, "working height in pixels, a multiple of 8", multiple_of_8=True, maximum=MAX_SIDE, why=MAX_SIDE_WHY,
+        None, "working height in pixels, a multiple of 8 (64 to 4096)", frame_side=True, maximum=MAX_SIDE, why=MAX_SIDE_WHY,
         widget=Widget("number", "Height (0: automatic)", FRAMES, 0, step=8, zero_is_auto=True),
     )
     crop: bool = option(
@@ -370,8 +370,8 @@ def check_options(settings) -> None:
             check_at_least(flag(f.name), value, meta.minimum)
         if meta.maximum is not None:
             check_at_most(flag(f.name), value, meta.maximum, meta.why)
-        if meta.multiple_of_8:
-            check_multiple_of_8(flag(f.name), value)
+        if meta.frame_side:
+            check_frame_side(flag(f.name), value)
         if meta.positive:
             check_positive_number(flag(f.name), value)
 

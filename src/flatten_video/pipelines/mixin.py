@@ -27,7 +27,7 @@ from ..models.injection import InjectionSpec
 from ..models.install import flatten_installed
 from ..timing import timed
 from ..trajectories import Trajectories, sample_trajectory_pyramid, start_noise
-from ..validation import check_at_least, check_choice, check_inject_steps, check_multiple_of_8, check_num_frames
+from ..validation import check_at_least, check_choice, check_frame_side, check_inject_steps, check_num_frames
 from ..windows import anchor_frames
 from .conditioning import Conditioning, fold_frames, stack_rows, unfold_frames
 from .inversion import FlattenInversion
@@ -185,8 +185,8 @@ class FlattenMixin:
             check_choice("output_type", output_type, OUTPUT_TYPES)
         if frames is not None:
             check_num_frames("the video's length", len(frames))
-            check_multiple_of_8("the frame height", int(frames.shape[-2]))
-            check_multiple_of_8("the frame width", int(frames.shape[-1]))
+            check_frame_side("the frame height", int(frames.shape[-2]))
+            check_frame_side("the frame width", int(frames.shape[-1]))
             if config is not None and config.windowed(len(frames)):
                 anchor_frames(len(frames), config.anchors)  # no more anchors than frames
         for name, value in (("num_inference_steps", num_inference_steps), ("num_inversion_steps", num_inversion_steps)):
