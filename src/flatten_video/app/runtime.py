@@ -67,14 +67,11 @@ def check_runtime(runtime, settings=None) -> str:
     check_dtype(runtime.dtype, device)
     for lora in runtime.lora:
         check_lora(lora)
-    if not is_single_file(runtime.model):
+    if not is_single_file(runtime.model):  # a single file's base configs: load_single_file says what it lacks
         hub_kwargs(runtime.model, "model_index.json", "the model")
-    elif runtime.model_config:
-        hub_kwargs(runtime.model_config, "model_index.json", "the base model's configs (--model-config)")
     if settings is not None:
-        check_controlnets(runtime.model, settings.controls)
-        for kind, name in settings.controls:
-            hub_kwargs(controlnet_id(kind, name, model_family(runtime.model)), "config.json", f"the {kind} ControlNet")
+        for (kind, _), name in zip(settings.controls, check_controlnets(runtime.model, settings.controls), strict=True):
+            hub_kwargs(name, "config.json", f"the {kind} ControlNet")
         check_schedule(runtime.model, settings)
     return device
 
@@ -178,13 +175,11 @@ def controlnet_id(kind: str, model: str | None, family: str | None) -> str:
     return default
 
 
-def check_controlnets(model: str, controls: list[tuple[str, str | None]]) -> None:
-    """Raise the one-line error of :func:`controlnet_id` before any model loads, if a ControlNet
-    of ``controls`` cannot be named for ``model``."""
-    if any(name is None for _, name in controls):
-        family = model_family(model)
-        for kind, name in controls:
-            controlnet_id(kind, name, family)
+def check_controlnets(model: str, controls: list[tuple[str, str | None]]) -> list[str]:
+    """The ControlNet of each of ``controls`` for ``model`` (:func:`controlnet_id`), named before
+    any model loads; raises its one-line error when one cannot be named."""
+    family = model_family(model) if any(name is None for _, name in controls) else None
+    return [controlnet_id(kind, name, family) for kind, name in controls]
 
 
 def add_controlnets(pipe, controls: list[tuple[str, str | None]], dtype: torch.dtype):
@@ -221,8 +216,7 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype, loras=(), lora_sc
     if is_single_file(model):
         if not pathlib.Path(model).is_file():
             raise ModelLoadError(f"could not load the checkpoint {model}: no such file")
-        hub = hub_kwargs(model_config, "model_index.json", "the base model's configs") if model_config else {}
-        pipe = load_single_file(pipeline_class(model), model, model_config, torch_dtype=dtype, **hub)
+        pipe = load_single_file(pipeline_class(model), model, model_config, torch_dtype=dtype)
     else:
         pipe = pipeline_class(model).from_pretrained(model, torch_dtype=dtype, **hub_kwargs(model, "model_index.json", "the model"))
     pipe.load_loras(list(loras or []), scale=lora_scale)

@@ -161,6 +161,8 @@ def load_single_file(pipeline_class, path: str | os.PathLike, config: str | None
     base = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     config = config or SINGLE_FILE_BASES[family]
     try:
+        # Offline, the base configs come from the cache at once, or fail at once (no retries).
+        kwargs = {**hub_kwargs(config, "model_index.json", "the base model's configs"), **kwargs}
         loaded = base.from_single_file(str(path), config=config, **kwargs)
     except Exception as error:  # diffusers raises several kinds when the config cannot be fetched
         raise ModelLoadError(
