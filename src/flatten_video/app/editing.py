@@ -233,12 +233,15 @@ class PromptEdit:
         prompt: the prompt.
         output: the file written (or that would have been).
         error: why it failed, None when it was written.
+        frames: the edited frames, (F, 3, H, W) in [0, 1] (the source not beside them), for
+            other renderings of the same edit without decoding the file again.
     """
 
     index: int
     prompt: str
     output: pathlib.Path
     error: BaseException | None = None
+    frames: torch.Tensor | None = None
 
     @property
     def ok(self) -> bool:
@@ -307,7 +310,7 @@ def edit_prompts(
             except Exception as error:  # noqa: BLE001 - reported per prompt; the others still run
                 yield PromptEdit(index, prompt, pathlib.Path(output), error)
                 continue
-            yield PromptEdit(index, prompt, written)
+            yield PromptEdit(index, prompt, written, frames=result.frames)
 
 
 def edit_video(

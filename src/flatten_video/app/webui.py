@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..validation import check_num_frames, check_positive_number
-from ..video import read_video, write_video
+from ..video import write_video
 from .editing import control_images, edit_prompts, prepare_source, prompt_outputs
 from .runtime import (
     DEFAULT_MODEL,
@@ -217,7 +217,7 @@ class Editor:
                     raise outcome.error
                 result = Result(outcome.prompt, settings.seed, outcome.output, error=outcome.error)
                 if outcome.ok and downloads:
-                    result.side_by_side, result.gif = self.write_downloads(outcome.output, clip, settings)
+                    result.side_by_side, result.gif = self.write_downloads(outcome, clip, settings)
                 yield result
 
     def prepare(self, video: str | os.PathLike, settings: EditSettings, output: pathlib.Path):
@@ -235,17 +235,15 @@ class Editor:
         check_schedule(self.model, settings)
         return clip, controls
 
-    def write_downloads(self, output: pathlib.Path, clip, settings: EditSettings) -> tuple[pathlib.Path, pathlib.Path]:
-        """The edit's side-by-side mp4 (source | edit) and GIF, beside ``output``, from the written file."""
-        width, height = clip.size
+    def write_downloads(self, outcome, clip, settings: EditSettings) -> tuple[pathlib.Path, pathlib.Path]:
+        """The edit's side-by-side mp4 (source | edit) and GIF, beside its output, from its frames."""
+        fps = settings.fps or clip.fps
+        beside = clip.frames if settings.side_by_side else None  # the GIF shows what the output shows
+        gif = write_video(outcome.frames, outcome.output.with_suffix(".gif"), fps=fps, side_by_side=beside)
         if settings.side_by_side:  # the edit already shows the source on its left
-            width *= 2
-        written = read_video(output, len(clip.frames), stride=1, width=width, height=height)
-        gif = write_video(written.frames, output.with_suffix(".gif"), fps=written.fps)
-        if settings.side_by_side:
-            return output, gif
-        side_by_side = write_video(written.frames, output.with_name(f"{output.stem}-side-by-side.mp4"),
-                                   fps=written.fps, side_by_side=clip.frames)
+            return outcome.output, gif
+        side_by_side = write_video(outcome.frames, outcome.output.with_name(f"{outcome.output.stem}-side-by-side.mp4"),
+                                   fps=fps, side_by_side=clip.frames)
         return side_by_side, gif
 
 
