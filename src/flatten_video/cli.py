@@ -63,7 +63,6 @@ def run_edit(args: argparse.Namespace) -> int:
     runtime = RuntimeSettings.from_namespace(args)
     outputs = prompt_outputs(args.output or default_output(args.video, len(prompts)), prompts)
     # Everything that can fail fast does, before the model loads: settings, outputs, source, maps, the machine.
-    runtime.check()
     short_side = pipeline_class(runtime.model).default_short_side
     clip = prepare_source(args.video, settings, outputs, short_side=short_side, cache_dir=args.cache_dir)
     controls = control_images(clip, settings)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from diffusers import AutoencoderKL, DDIMInverseScheduler, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
@@ -12,8 +10,6 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .conditioning import Conditioning, tokenize_prompt
 from .loading import LoraLoadingMixin, load_pretrained
 from .mixin import FlattenMixin
-
-logger = logging.getLogger(__name__)
 
 
 class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, LoraLoadingMixin, FlattenMixin):
