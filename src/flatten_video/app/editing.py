@@ -138,16 +138,6 @@ class InversionCache:
         logger.info("reusing the cached inversion of this clip and settings (no flow or inversion to run): %s", path)
         return inversion
 
-    def invert(self, pipe, frames: torch.Tensor, settings: EditSettings, generator: torch.Generator,
-               save: bool = True) -> FlattenInversion:
-        """The cached inversion of ``frames``, or a new one, kept for next time (when ``save``)."""
-        entry = self.path(pipe, frames, settings)
-        inversion = self.load(entry)
-        if inversion is None:
-            inversion = pipe.invert_video(frames, generator=generator, **settings.pipeline_kwargs(for_inversion=True))
-            if save:
-                inversion.save(entry)
-        return inversion
 
 
 def control_images(clip: Video, settings: EditSettings) -> list[torch.Tensor]:
@@ -252,10 +242,15 @@ def invert_source(pipe, clip: Video, settings: EditSettings, cache_dir: str | os
                   write: bool = True) -> FlattenInversion:
     """The inversion every prompt of an edit starts from: from ``cache_dir`` when it holds one for
     these frames, model and settings, else made now (and kept there when ``write``)."""
-    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-    if cache_dir is not None:
-        return InversionCache(cache_dir).invert(pipe, clip.frames, settings, generator, save=write)
-    return pipe.invert_video(clip.frames, generator=generator, **settings.pipeline_kwargs(for_inversion=True))
+    cache = InversionCache(cache_dir) if cache_dir is not None else None
+    entry = cache.path(pipe, clip.frames, settings) if cache else None
+    inversion = cache.load(entry) if cache else None
+    if inversion is None:
+        generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+        inversion = pipe.invert_video(clip.frames, generator=generator, **settings.pipeline_kwargs(for_inversion=True))
+        if cache and write:
+            inversion.save(entry)
+    return inversion
 
 
 def edit_prompts(
