@@ -18,8 +18,10 @@ PACKAGE = pathlib.Path(flatten_video.__file__).parent
 
 #: Floors from the bottom; a module may import its own floor or lower ones only.
 FLOORS = [
-    {"files", "validation", "timing", "video", "flow", "trajectories", "ops", "windows", "control_maps", "choices", "hub"},
+    {"files", "validation", "timing", "video", "flow", "trajectories", "ops", "windows", "control_maps", "choices", "hub",
+     "defaults", "latent_frames"},
     {"models"},
+    {"backbones"},
     {"pipelines"},
     {"app"},
     {"eval"},
@@ -114,7 +116,8 @@ def test_the_import_graph_reader_sees_real_edges():
     """Guards the two tests above against passing because the reader finds nothing."""
     graph = import_graph()
     assert "flatten_video.pipelines.mixin" in graph["flatten_video.pipelines.pipeline_flatten"]
-    assert "flatten_video.models.install" in graph["flatten_video.pipelines.mixin"]
+    assert "flatten_video.models.install" in graph["flatten_video.backbones.unet2d"]
+    assert "flatten_video.backbones" in graph["flatten_video.pipelines.mixin"]
     assert "flatten_video.trajectories" in graph["flatten_video.ops"]
     assert "flatten_video.app.settings" in graph["flatten_video.cli"]
 
@@ -148,7 +151,7 @@ def test_every_edit_option_is_one_field_that_reaches_the_pipeline():
     # The inversion depends on its settings, and on nothing a new prompt or guidance changes.
     identity = set(settings.inversion_identity())
     assert {"steps", "inversion_steps", "inject_steps", "seed", "flow", "attention", "variant", "window", "overlap",
-            "anchors", "init", "control", "control_inversion"} <= identity
+            "anchors", "method", "source_prompt", "control", "control_inversion"} <= identity
     assert not identity & {"prompt", "negative_prompt", "guidance", "fps", "side_by_side", "feature_mode"}
 
 

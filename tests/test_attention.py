@@ -97,7 +97,7 @@ def test_spatial_mode_equals_stock_processor():
     attn = make_attention()
     hidden = torch.randn(3 * 2, 24, 16)
     stock = AttnProcessor2_0()(attn, hidden)
-    context = FlattenContext(num_frames=3, attention_mode="spatial")
+    context = FlattenContext(num_latent_frames=3, attention_mode="spatial")
     ours = FlattenAttnProcessor(context, "down_blocks.0.attentions.0.transformer_blocks.0.attn1")(attn, hidden)
     assert torch.allclose(ours, stock, atol=1e-6)
 
@@ -106,7 +106,7 @@ def test_dense_attention_spans_the_frames_of_each_video_only():
     attn = make_attention()
     frames, tokens = 3, 24
     hidden = torch.randn(2 * frames, tokens, 16)
-    context = FlattenContext(num_frames=frames, attention_mode="dsta")
+    context = FlattenContext(num_latent_frames=frames, attention_mode="dsta")
     ours = FlattenAttnProcessor(context, "x.attn1")(attn, hidden)
     # Reference: each video as one long image through the stock processor.
     as_images = hidden.reshape(2, frames * tokens, 16)
@@ -118,8 +118,8 @@ def test_flatten_changes_dsta_output_only_where_trajectories_are_known():
     attn = make_attention()
     trajectories = random_trajectories(frames=3, size=(4, 6))
     hidden = torch.randn(2 * 3, 24, 16)
-    dsta = FlattenAttnProcessor(FlattenContext(num_frames=3, attention_mode="dsta"), "x.attn1")(attn, hidden)
-    context = FlattenContext(num_frames=3, trajectories={(4, 6): trajectories})
+    dsta = FlattenAttnProcessor(FlattenContext(num_latent_frames=3, attention_mode="dsta"), "x.attn1")(attn, hidden)
+    context = FlattenContext(num_latent_frames=3, trajectories={(4, 6): trajectories})
     full = FlattenAttnProcessor(context, "x.attn1")(attn, hidden)
     assert not torch.allclose(full, dsta, atol=1e-4)
     context.trajectories = {(8, 12): trajectories}  # another grid: no flow-guided attention here
@@ -132,7 +132,7 @@ def test_variants_follow_their_definitions():
     hidden = torch.randn(2 * 3, 24, 16)
     outputs = {}
     for variant in ("II", "I", "source-qk"):
-        context = FlattenContext(num_frames=3, variant=variant, trajectories={(4, 6): trajectories})
+        context = FlattenContext(num_latent_frames=3, variant=variant, trajectories={(4, 6): trajectories})
         outputs[variant] = FlattenAttnProcessor(context, "x.attn1")(attn, hidden)
     # Combination II by hand: DSTA output H, flow-guided with q = k = v = H, then to_out.
     with torch.no_grad():
@@ -157,7 +157,7 @@ def test_video_group_norm_takes_statistics_over_the_video():
     torch.nn.init.normal_(norm.weight)
     torch.nn.init.normal_(norm.bias)
     x = torch.randn(2 * 3, 16, 5, 7)
-    wrapped = VideoGroupNorm(norm, FlattenContext(num_frames=3))
+    wrapped = VideoGroupNorm(norm, FlattenContext(num_latent_frames=3))
     video = x.reshape(2, 3, 16, 5, 7).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w), the paper's layout
     expected = norm(video).permute(0, 2, 1, 3, 4).reshape(x.shape)
     assert torch.allclose(wrapped(x), expected, atol=1e-6)
@@ -169,7 +169,7 @@ def test_video_group_norm_takes_statistics_over_the_video():
 def unet_pair(tiny_sd_path):
     stock = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet").eval()
     inflated = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet").eval()
-    context = FlattenContext(num_frames=1, attention_mode="dsta")
+    context = FlattenContext(num_latent_frames=1, attention_mode="dsta")
     install_flatten(inflated, context)
     return stock, inflated, context
 
@@ -186,7 +186,7 @@ def test_identical_frames_through_dsta_equal_the_image_model(unet_pair):
     torch.manual_seed(0)
     latent = torch.randn(1, 4, 8, 8)
     text = torch.randn(1, 77, 32)
-    context.num_frames, context.attention_mode = frames, "dsta"
+    context.num_latent_frames, context.attention_mode = frames, "dsta"
     with torch.no_grad():
         image = stock(latent, 301, encoder_hidden_states=text).sample
         video = inflated(latent.repeat(frames, 1, 1, 1), 301, encoder_hidden_states=text.repeat(frames, 1, 1)).sample
@@ -200,7 +200,7 @@ def test_flatten_changes_the_unet_output_on_non_square_latents(unet_pair):
     torch.manual_seed(1)
     latents = torch.randn(frames, 4, *size)
     text = torch.randn(frames, 77, 32)
-    context.num_frames = frames
+    context.num_latent_frames = frames
     outputs = {}
     for mode in ("dsta", "dsta+flatten"):
         context.attention_mode = mode
@@ -216,7 +216,7 @@ def test_reproduces_the_paper_unet_forward(tiny_sd_path):
     case = load_file(require_reference(REFERENCE_CASES / "paper-unet" / "case.safetensors"))
     unet = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet").eval()
     videos, channels, frames, h, w = case["latents"].shape
-    context = FlattenContext(num_frames=frames, trajectories={(h, w): Trajectories.from_labels(case["labels"])})
+    context = FlattenContext(num_latent_frames=frames, trajectories={(h, w): Trajectories.from_labels(case["labels"])})
     install_flatten(unet, context)
     sample = case["latents"].permute(0, 2, 1, 3, 4).reshape(videos * frames, channels, h, w)
     text = case["encoder_hidden_states"].repeat_interleave(frames, 0)
@@ -243,7 +243,7 @@ def test_uninstall_restores_the_stock_unet(tiny_sd_path):
     with torch.no_grad():
         stock = unet(latents, 301, encoder_hidden_states=text).sample
 
-    context = FlattenContext(num_frames=3, attention_mode="dsta")
+    context = FlattenContext(num_latent_frames=3, attention_mode="dsta")
     with pytest.raises(RuntimeError, match="inside"):
         with flatten_installed(unet, context):
             assert is_flatten_installed(unet)
@@ -306,7 +306,7 @@ def test_sdxl_layout_gets_injection_points_by_decoder_level():
     assert spec.attentions == tuple(
         f"up_blocks.{block}.attentions.{index}.transformer_blocks.0.attn1" for block, index in ((0, 1), (0, 2), (1, 0), (1, 1), (1, 2))
     )
-    context = FlattenContext(num_frames=2, attention_mode="dsta", features=FeatureStore(torch.float32))
+    context = FlattenContext(num_latent_frames=2, attention_mode="dsta", features=FeatureStore(torch.float32))
     install_flatten(unet, context)
     added = dict(text_embeds=torch.randn(2, 32), time_ids=torch.randn(2, 6))
     with torch.no_grad(), context.features.capturing(1):
@@ -318,7 +318,7 @@ def test_sdxl_layout_gets_injection_points_by_decoder_level():
 def test_identical_frames_through_dsta_equal_the_sdxl_image_model():
     stock, inflated = tiny_sdxl_unet(cross_attention_dim=32), tiny_sdxl_unet(cross_attention_dim=32)
     frames = 3
-    context = FlattenContext(num_frames=frames, attention_mode="dsta")
+    context = FlattenContext(num_latent_frames=frames, attention_mode="dsta")
     install_flatten(inflated, context)
     torch.manual_seed(0)
     latent, text = torch.randn(1, 4, 16, 16), torch.randn(1, 7, 32)

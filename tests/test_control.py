@@ -15,6 +15,7 @@ from flatten_video import cli
 from flatten_video.app import runtime
 from flatten_video.control_maps import canny_maps
 from flatten_video.pipelines.controlnet import FlattenControlNetPipeline
+from flatten_video.pipelines.inversion import FlattenInversion
 from flatten_video.video import write_video
 
 STEPS = dict(num_inference_steps=2, num_inversion_steps=4, inject_steps=2, flow_method="dis", output_type="latent")
@@ -122,8 +123,8 @@ def test_noise_start_runs_no_inversion_and_identical_frames_stay_identical(contr
     finally:
         handle.remove()
     assert len(calls) == 2  # the two sampling steps (guidance rows share a call), no inversion
-    for t in (1, 2):
-        assert torch.allclose(out[:, :, t], out[:, :, 0], atol=1e-5, rtol=0)
+    for t in (1, 2):  # up to float32 rounding of the video-wide sums (1.3e-5 on values near 6 seen with torch 2.14)
+        assert torch.allclose(out[:, :, t], out[:, :, 0], atol=1e-4, rtol=0)
 
 
 def test_noise_start_with_and_without_flatten_differ_on_motion(control_pipe, clip):
@@ -138,7 +139,9 @@ def test_trajectory_noise_is_shared_along_every_trajectory(tiny_pipe, clip):
     frames, _ = clip
     inversion = tiny_pipe.invert_video(frames, init="trajectory-noise", attention_mode="dsta", flow_method="dis",
                                        num_inference_steps=2, generator=torch.Generator().manual_seed(0))
-    assert inversion.num_inversion_steps == 0 and inversion.injected_timesteps == [] and inversion.trajectories == {}
+    # A start, not an inversion: nothing inverted, nothing to inject, no trajectories kept for attention.
+    assert not isinstance(inversion, FlattenInversion) and inversion.method == "trajectory-noise"
+    assert inversion.inject_steps == 0 and inversion.trajectories == {}
     labels = tiny_pipe.prepare_trajectories(frames, flow_method="dis", progress=False,
                                             generator=torch.Generator().manual_seed(0))[(8, 8)].labels
     latents = inversion.latents[0].permute(1, 2, 3, 0).reshape(-1, 4)  # (F*h*w, C)
@@ -242,5 +245,5 @@ def test_the_benchmark_runs_controlvideo_with_a_controlnet(tmp_path, tiny_sd_pat
             "--limit", "1", "--clip-model", clip_path, "--no-pick-score"]
     assert cli.main(argv) == 0
     record = json.loads((out / "dsta" / "items/DAVIS_480p/dog/style.json").read_text())
-    assert record["settings"]["init"] == "noise" and record["settings"]["control"] == [f"canny={controlnet_path}"]
+    assert record["settings"]["method"] == "noise" and record["settings"]["control"] == [f"canny={controlnet_path}"]
     assert record["settings"]["attention"] == "dsta" and record["scores"]["clip_t"] is not None

@@ -155,7 +155,7 @@ def test_auto_mode_within_budget_stores_the_features(tiny_pipe, source):
     # Exactly at the budget still stores: the estimate is one step's features times the steps.
     at_budget = tiny_pipe.invert(latents, trajectories, **options, feature_memory_budget=stored.held_bytes)
     assert at_budget.feature_mode == "stored"
-    assert tiny_pipe.flatten is None  # nothing of the call is kept
+    assert tiny_pipe.flatten_context is None  # nothing of the call is kept
 
 
 def test_auto_mode_over_budget_recomputes_like_recompute_mode(tiny_pipe, source, caplog):
@@ -169,7 +169,7 @@ def test_auto_mode_over_budget_recomputes_like_recompute_mode(tiny_pipe, source,
         )
     assert "recomputing" in caplog.text and "GiB" in caplog.text
     assert auto.feature_mode == "recompute" and auto.features is None
-    assert tiny_pipe.flatten is None  # nothing of the call is kept
+    assert tiny_pipe.flatten_context is None  # nothing of the call is kept
     assert sorted(auto.source_latents) == sorted(kept.source_latents) == sorted(auto.injected_timesteps)
     for t, latent in kept.source_latents.items():
         assert torch.equal(auto.source_latents[t], latent)
@@ -442,7 +442,7 @@ def test_the_unet_is_stock_after_every_call_even_a_failed_one(tiny_pipe, source)
     before = stock_state(tiny_pipe.unet)
     assert before[1] == 0 and FlattenAttnProcessor not in before[0].values()
     edit(tiny_pipe, source, feature_mode="recompute")
-    assert stock_state(tiny_pipe.unet) == before and tiny_pipe.flatten is None
+    assert stock_state(tiny_pipe.unet) == before and tiny_pipe.flatten_context is None
 
     during = []
 
@@ -453,7 +453,7 @@ def test_the_unet_is_stock_after_every_call_even_a_failed_one(tiny_pipe, source)
     with pytest.raises(RuntimeError, match="stopped by the user"):
         edit(tiny_pipe, source, callback_on_step_end=crash)
     assert during[0][1] > 0 and FlattenAttnProcessor in during[0][0].values()  # installed while it ran
-    assert stock_state(tiny_pipe.unet) == before and tiny_pipe.flatten is None
+    assert stock_state(tiny_pipe.unet) == before and tiny_pipe.flatten_context is None
 
 
 def test_a_shared_unet_serves_a_plain_diffusers_pipeline_between_edits(tiny_pipe, source):
@@ -516,7 +516,7 @@ def test_editing_an_inversion_with_other_settings_is_a_clear_error(tiny_pipe, so
 
 
 def test_vae_chunks_shrink_with_the_frame_size():
-    from flatten_video.pipelines.mixin import vae_chunk_frames
+    from flatten_video.pipelines.codec import vae_chunk_frames
 
     assert vae_chunk_frames(512, 512) == 8
     assert vae_chunk_frames(1024, 1024) == 2  # SDXL: 44.8 GiB at 8 frames a call, 16.3 at 2

@@ -1,6 +1,8 @@
 """flatten-video: training-free text-to-video editing with optical-flow-guided attention.
 
-An implementation of FLATTEN (Cong et al., ICLR 2024) on diffusers' stock Stable Diffusion U-Net.
+An implementation of FLATTEN (Cong et al., ICLR 2024) on diffusers' stock models, along two axes:
+the backbone (the denoiser: Stable Diffusion's 2-D U-Net) and the editing method (how an edit starts
+and what it injects). docs/architecture.md describes the package.
 
 The names below load on first use (as diffusers' own package does), so ``flatten-video --help``
 and the settings schema do not wait for torch and diffusers to import.
@@ -26,8 +28,18 @@ _EXPORTS = {
     "install_flatten": ".models",
     "uninstall_flatten": ".models",
     "flow_guided_attention": ".ops",
+    "Backbone": ".backbones",
+    "UNet2DBackbone": ".backbones",
+    "register_backbone": ".backbones",
     "Conditioning": ".pipelines",
+    "EditMethod": ".pipelines",
+    "EditRequest": ".pipelines",
+    "EditStart": ".pipelines",
+    "FlattenControlNetPipeline": ".pipelines",
+    "FlattenSDXLControlNetPipeline": ".pipelines",
     "FlattenInversion": ".pipelines",
+    "register_method": ".pipelines",
+    "compose_flows": ".latent_frames",
     "FlattenMixin": ".pipelines",
     "FlattenPipeline": ".pipelines",
     "FlattenPipelineOutput": ".pipelines",
@@ -39,7 +51,17 @@ _EXPORTS = {
 
 __all__ = [
     "ATTENTION_MODES",
+    "Backbone",
     "Conditioning",
+    "EditMethod",
+    "EditRequest",
+    "EditStart",
+    "FlattenControlNetPipeline",
+    "FlattenSDXLControlNetPipeline",
+    "UNet2DBackbone",
+    "compose_flows",
+    "register_backbone",
+    "register_method",
     "FLATTEN_VARIANTS",
     "FeatureStore",
     "FlattenAttnProcessor",
@@ -78,7 +100,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .backbones import Backbone, UNet2DBackbone, register_backbone
     from .choices import ATTENTION_MODES, FLATTEN_VARIANTS
+    from .latent_frames import compose_flows
     from .flow import estimate_flow
     from .models import (
         FeatureStore,
@@ -94,10 +118,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .ops import flow_guided_attention
     from .pipelines import (
         Conditioning,
+        EditMethod,
+        EditRequest,
+        EditStart,
+        FlattenControlNetPipeline,
+        FlattenSDXLControlNetPipeline,
         FlattenInversion,
         FlattenMixin,
         FlattenPipeline,
         FlattenPipelineOutput,
         FlattenSDXLPipeline,
+        register_method,
     )
     from .trajectories import Trajectories, sample_trajectories, sample_trajectory_pyramid

@@ -21,9 +21,13 @@ FLATTEN_VARIANTS = ("II", "I", "source-qk")
 #: How the source features are held between inversion and sampling (:mod:`flatten_video.models.features`).
 FEATURE_MODES = ("stored", "recompute", "auto")
 
-#: How the edit's starting latent is made: DDIM inversion of the source (the paper), or
-#: ControlVideo's noise, the same for every frame or the same along every trajectory.
-INITS = ("inversion", "noise", "trajectory-noise")
+#: Editing methods (:mod:`flatten_video.pipelines.methods`, which registers one for each name):
+#: DDIM inversion of the source plus injection (the paper), or ControlVideo's noise, the same for
+#: every frame or the same along every trajectory.
+METHODS = ("inversion", "noise", "trajectory-noise")
+#: The methods whose start is an inversion that sampling injects source features from, so that
+#: inversion steps and injected steps apply.
+INJECTING_METHODS = ("inversion",)
 
 #: ControlNet condition kinds (:mod:`flatten_video.control_maps`).
 CONTROL_KINDS = ("canny", "depth", "hed", "lineart", "openpose")

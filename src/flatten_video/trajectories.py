@@ -58,11 +58,6 @@ class Trajectories:
         return self.labels.shape[0]
 
     @property
-    def size(self) -> tuple[int, int]:
-        """The latent grid (h, w)."""
-        return tuple(self.labels.shape[1:])
-
-    @property
     def num_trajectories(self) -> int:
         return int(self.labels.max()) + 1
 

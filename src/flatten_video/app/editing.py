@@ -1,8 +1,7 @@
 """Video edits, from a source file to written outputs, shared by the CLI, the web UI and the
 benchmark: :func:`prepare_source` reads and checks everything before a model loads,
-:func:`edit_prompts` inverts the source once and writes one result per prompt (atomically),
-:func:`edit_video` is its one-prompt case, and :class:`InversionCache` keeps inversions so a
-new prompt on the same clip starts at sampling.
+:func:`edit_prompts` inverts the source once and writes one result per prompt (atomically), and
+:class:`InversionCache` keeps inversions so a new prompt on the same clip starts at sampling.
 """
 
 from __future__ import annotations
@@ -276,7 +275,12 @@ def edit_prompts(
     Args:
         outputs: one path per prompt (:func:`prompt_outputs`).
         settings: every option but the prompt, which ``prompts`` gives.
-        clip, cache_dir, write, controls: as for :func:`edit_video`.
+        clip: the source already read by :func:`prepare_source` (read here when None).
+        cache_dir: where inversions are kept and looked up (:class:`InversionCache`); None: no cache.
+        write: write the outputs and the cache entry (False for the other processes of a run
+            shared among several: the main one writes).
+        controls: the condition maps of the ``--control`` options (:func:`control_images`,
+            computed here when None).
         on_prompt: called with (index, prompt) before each prompt's sampling, for progress.
         callback_on_step_end: given to the pipeline call of every prompt (diffusers' signature);
             an exception it raises ends that prompt, e.g. to stop an edit from a web page.
@@ -306,35 +310,3 @@ def edit_prompts(
                 yield PromptEdit(index, prompt, pathlib.Path(output), error)
                 continue
             yield PromptEdit(index, prompt, written, frames=result.frames)
-
-
-def edit_video(
-    pipe,
-    video: str | os.PathLike,
-    output: str | os.PathLike,
-    settings: EditSettings,
-    clip: Video | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    write: bool = True,
-    controls: list[torch.Tensor] | None = None,
-) -> pathlib.Path:
-    """Edit ``video`` with ``pipe`` (a :class:`~flatten_video.FlattenPipeline`) and write ``output``.
-
-    Args:
-        clip: the source already read by :func:`prepare_source` (read here when None).
-        cache_dir: where inversions are kept and looked up (:class:`InversionCache`); None: no cache.
-        write: write the output and the cache entry (False for the other processes of a run
-            shared among several: the main one writes).
-        controls: the condition maps of the ``--control`` options (:func:`control_images`,
-            computed here when None).
-
-    Returns:
-        The path written (atomically: a partial file never appears at ``output``).
-    """
-    if clip is None:
-        clip = prepare_source(video, settings, output)
-    (outcome,) = edit_prompts(pipe, video, [output], settings, [settings.prompt], clip=clip, cache_dir=cache_dir,
-                              write=write, controls=controls)
-    if outcome.error is not None:
-        raise outcome.error
-    return outcome.output

@@ -10,7 +10,7 @@ import torch
 
 from ..flow import FlowWeightsUnavailable
 from ..hub import HubUnavailable, hub_kwargs
-from ..pipelines import FlattenPipeline, FlattenSDXLPipeline, ModelLoadError
+from ..pipelines import FlattenPipeline, FlattenSDXLPipeline, ModelLoadError, pipeline_for_index
 from ..pipelines.loading import check_lora, is_single_file, load_single_file, single_file_family
 from .errors import error_line  # noqa: F401 - the web UI and the eval runner take it from here
 from .settings import DEFAULT_MODEL, DTYPES  # noqa: F401 - the web UI and scripts take them from here too
@@ -79,17 +79,15 @@ def check_runtime(runtime, settings=None) -> str:
 def check_schedule(model: str, settings) -> None:
     """The sampling steps that get source features must be steps inversion visits; checked from
     the checkpoint's scheduler config, before the weights load (nothing when it cannot be read)."""
-    if settings.init != "inversion" or not settings.inject_steps:
+    if not settings.injects or not settings.inject_steps:
         return
     config = checkpoint_json(model, "scheduler/scheduler_config.json")
     if not config:
         return
-    from diffusers import DDIMInverseScheduler, DDIMScheduler
+    from ..pipelines.schedule import check_schedule as check
+    from ..pipelines.schedule import ddim_schedulers
 
-    from ..pipelines.mixin import check_schedule as check
-
-    scheduler = DDIMScheduler.from_config(config)
-    check(scheduler, DDIMInverseScheduler.from_config(scheduler.config), settings.steps, settings.inversion_steps, settings.inject_steps)
+    check(*ddim_schedulers(config), settings.steps, settings.inversion_steps, settings.inject_steps)
 
 
 def resolve_dtype(name: str | None, device: str) -> torch.dtype:
@@ -130,11 +128,12 @@ def model_family(model: str) -> str | None:
 
 
 def pipeline_class(model: str) -> type[FlattenPipeline] | type[FlattenSDXLPipeline]:
-    """The FLATTEN pipeline for a checkpoint: SDXL's for SDXL checkpoints, else SD 1.x/2.x's."""
+    """The FLATTEN pipeline for a checkpoint (:func:`~flatten_video.pipelines.pipeline_for_index`;
+    a single file by its tensors)."""
     if is_single_file(model):
         xl = pathlib.Path(model).is_file() and single_file_family(model) == "sdxl"
         return FlattenSDXLPipeline if xl else FlattenPipeline
-    return FlattenSDXLPipeline if "XL" in model_index(model).get("_class_name", "") else FlattenPipeline
+    return pipeline_for_index(model_index(model))
 
 
 #: The ControlNet each condition kind gets by default, per base-model family (diffusers layout).

@@ -15,7 +15,17 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from ..choices import ATTENTION_MODES, CONTROL_KINDS, FEATURE_MODES, FLATTEN_VARIANTS, FLOW_GUIDED_MODES, FLOW_METHODS, INITS
+from .. import defaults
+from ..choices import (
+    ATTENTION_MODES,
+    CONTROL_KINDS,
+    FEATURE_MODES,
+    FLATTEN_VARIANTS,
+    FLOW_GUIDED_MODES,
+    FLOW_METHODS,
+    INJECTING_METHODS,
+    METHODS,
+)
 from ..validation import (
     check_anchor_count,
     check_at_least,
@@ -87,6 +97,7 @@ class Option:
         positive: a number that must be above 0.
         widget: its web widget (None: not on the page).
         metavar: the command line's name for its value.
+        aliases: other command-line spellings of the flag (earlier names kept working).
     """
 
     help: str
@@ -101,6 +112,7 @@ class Option:
     positive: bool = False
     widget: Widget | None = None
     metavar: str | None = None
+    aliases: tuple[str, ...] = ()
 
 
 def option(default, help: str, **meta):
@@ -125,7 +137,7 @@ class EditSettings:
         "", "what it should not show (default: empty)", kwarg="negative_prompt", sampling_only=True, widget=Widget("text", "Negative prompt")
     )
     frames: int = option(
-        32, "frames to edit (default: 32; at least 2)",
+        defaults.NUM_FRAMES, f"frames to edit (default: {defaults.NUM_FRAMES}; at least 2)",
         widget=Widget("slider", "Frames to edit", FRAMES, 2, 512, 1),
     )
     stride: int | None = option(
@@ -146,36 +158,36 @@ class EditSettings:
         widget=Widget("checkbox", "Center-crop instead of stretching", FRAMES),
     )
     window: int = option(
-        32, "long clips: frames per co-denoising window; a longer clip is edited in overlapping windows "
-        "that share the clip-wide trajectories (0: never split; default: 32)", kwarg="window", inversion=True,
+        defaults.WINDOW, "long clips: frames per co-denoising window; a longer clip is edited in overlapping windows "
+        f"that share the clip-wide trajectories (0: never split; default: {defaults.WINDOW})", kwarg="window", inversion=True,
         widget=Widget("number", "Window (frames; 0: whole clip)", FRAMES, 0),
     )
     overlap: int = option(
-        8, "frames shared by consecutive windows (default: 8)", kwarg="overlap", inversion=True,
+        defaults.OVERLAP, f"frames shared by consecutive windows (default: {defaults.OVERLAP})", kwarg="overlap", inversion=True,
         widget=Widget("number", "Window overlap", FRAMES, 0),
     )
     anchors: int = option(
-        2, "frames spread over the clip that join every window's attention (default: 2; 0: none)", kwarg="anchors",
+        defaults.ANCHORS, f"frames spread over the clip that join every window's attention (default: {defaults.ANCHORS}; 0: none)", kwarg="anchors",
         inversion=True, widget=Widget("number", "Anchor frames", FRAMES, 0),
     )
     steps: int = option(
-        50, "DDIM sampling steps (default: 50)", kwarg="num_inference_steps", inversion=True, minimum=1,
+        defaults.NUM_INFERENCE_STEPS, f"DDIM sampling steps (default: {defaults.NUM_INFERENCE_STEPS})", kwarg="num_inference_steps", inversion=True, minimum=1,
         widget=Widget("slider", "Sampling steps", DIFFUSION, 1, 200, 1),
     )
     inversion_steps: int = option(
-        100, "DDIM inversion steps (default: 100)", kwarg="num_inversion_steps", inversion=True, minimum=1,
+        defaults.NUM_INVERSION_STEPS, f"DDIM inversion steps (default: {defaults.NUM_INVERSION_STEPS})", kwarg="num_inversion_steps", inversion=True, minimum=1,
         widget=Widget("slider", "Inversion steps", DIFFUSION, 1, 400, 1),
     )
     inject_steps: int = option(
-        40, "sampling steps that get the source features (default: 40)", kwarg="inject_steps", inversion=True,
+        defaults.INJECT_STEPS, f"sampling steps that get the source features (default: {defaults.INJECT_STEPS})", kwarg="inject_steps", inversion=True,
         widget=Widget("slider", "Steps with source features", DIFFUSION, 0, 200, 1),
     )
     guidance: float = option(
-        10.0, "classifier-free guidance scale (default: 10)", kwarg="guidance_scale", sampling_only=True,
+        defaults.GUIDANCE_SCALE, f"classifier-free guidance scale (default: {defaults.GUIDANCE_SCALE:g})", kwarg="guidance_scale", sampling_only=True,
         widget=Widget("slider", "Guidance scale", DIFFUSION, 1, 20, 0.5),
     )
     seed: int = option(
-        66, "random seed (default: 66)", inversion=True, minimum=0, maximum=2**64 - 1, why="torch's generators take 64 bits",
+        defaults.SEED, f"random seed (default: {defaults.SEED})", inversion=True, minimum=0, maximum=2**64 - 1, why="torch's generators take 64 bits",
         widget=Widget("number", "Seed", DIFFUSION),
     )
     flow: str = option(
@@ -183,17 +195,23 @@ class EditSettings:
         choices=FLOW_METHODS, widget=Widget("dropdown", "Optical flow", METHOD),
     )
     attention: str = option(
-        "dsta+flatten", "self-attention mode, for ablations (default: dsta+flatten)", kwarg="attention_mode",
+        defaults.ATTENTION_MODE, f"self-attention mode, for ablations (default: {defaults.ATTENTION_MODE})", kwarg="attention_mode",
         inversion=True, choices=ATTENTION_MODES, widget=Widget("dropdown", "Self-attention", METHOD),
     )
     variant: str = option(
-        "II", "flow-guided attention variant (default: II)", kwarg="flatten_variant", inversion=True,
+        defaults.VARIANT, f"flow-guided attention variant (default: {defaults.VARIANT})", kwarg="flatten_variant", inversion=True,
         choices=FLATTEN_VARIANTS, widget=Widget("dropdown", "Flow-guided attention variant", METHOD),
     )
-    init: str = option(
-        "inversion", "how the edit starts: inversion (the paper), or ControlVideo's noise (one for all frames) or "
-        "trajectory-noise (one per trajectory), without inversion or injection; pair them with --control and "
-        "--guidance 12.5", kwarg="init", inversion=True, choices=INITS, widget=Widget("dropdown", "Start from", METHOD),
+    method: str = option(
+        defaults.METHOD, "the editing method, how the edit starts: inversion (the paper: DDIM inversion and injected "
+        "source features), or ControlVideo's noise (one for all frames) or trajectory-noise (one per trajectory), "
+        "without inversion or injection; pair them with --control and --guidance 12.5 (--init: the same)",
+        kwarg="method", inversion=True, choices=METHODS, aliases=("--init",),
+        widget=Widget("dropdown", "Editing method", METHOD),
+    )
+    source_prompt: str = option(
+        defaults.SOURCE_PROMPT, "what the source video shows, the prompt it is inverted with (default: empty, as the "
+        "paper inverts without a caption)", kwarg="source_prompt", inversion=True,
     )
     control: list = option(
         [], "a ControlNet steering the edit: canny, depth, hed, lineart or openpose, with =MODEL to pick the "
@@ -255,7 +273,8 @@ class EditSettings:
         check_text("the negative prompt", self.negative_prompt)
         check_options(self)
         check_num_frames(flag("frames"), self.frames)
-        if self.init == "inversion":  # ControlVideo's starts invert and inject nothing
+        check_text(flag("source_prompt"), self.source_prompt)
+        if self.injects:  # ControlVideo's starts invert and inject nothing
             check_inject_steps(self.inject_steps, self.steps, flag("inject_steps"), flag("steps"))
         check_windows(self.window, self.overlap, self.anchors, flag("window"), flag("overlap"), flag("anchors"))
         if 0 < self.window < self.frames:
@@ -270,6 +289,12 @@ class EditSettings:
     def controls(self) -> list[tuple[str, str | None]]:
         """(kind, ControlNet model or None for the family's default) of every ``--control``."""
         return [(entry.partition("=")[0].strip(), entry.partition("=")[2].strip() or None) for entry in self.control]
+
+    @property
+    def injects(self) -> bool:
+        """Whether the method samples with source features injected, so the inversion and
+        injected steps apply."""
+        return self.method in INJECTING_METHODS
 
     @property
     def uses_flow(self) -> bool:
@@ -414,4 +439,4 @@ def add_arguments(
         if f.name in required:
             kwargs["required"] = True
             kwargs.pop("default")
-        parser.add_argument(flag(f.name), dest=f.name, **kwargs)
+        parser.add_argument(flag(f.name), *meta.aliases, dest=f.name, **kwargs)

@@ -160,10 +160,6 @@ class Editor:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         return str(self.output_dir / f"{stem}-{{prompt}}-seed{settings.seed}-{stamp}.mp4")
 
-    def output_path(self, video: str | os.PathLike, settings: EditSettings) -> pathlib.Path:
-        """Where an edit of ``video`` with ``settings.prompt`` goes (:meth:`output_template`)."""
-        return prompt_outputs(self.output_template(video, settings), [settings.prompt])[0]
-
     def __call__(self, video: str | os.PathLike, settings: EditSettings) -> pathlib.Path:
         """Edit ``video`` and return the written mp4. Bad input raises before the model loads."""
         (result,) = self.edit(video, settings, downloads=False)

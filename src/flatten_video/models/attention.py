@@ -53,7 +53,7 @@ class FlattenAttnProcessor:
             query = store.process(self.name + ".to_q", query)
             key = store.process(self.name + ".to_k", key)
 
-        frames = context.num_frames if context.dense_temporal else 1
+        frames = context.num_latent_frames if context.dense_temporal else 1
         hidden = multihead_attention(query, key, value, attn.heads, frames)
 
         trajectories = context.trajectories_for(hidden.shape[1])
@@ -67,7 +67,7 @@ class FlattenAttnProcessor:
 
     def _flow_guided(self, attn, hidden, query, key, trajectories) -> torch.Tensor:
         rows, tokens, channels = hidden.shape
-        videos = rows // self.context.num_frames
+        videos = rows // self.context.num_latent_frames
 
         def as_video(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(videos, -1, channels)
@@ -104,7 +104,7 @@ class VideoGroupNorm(torch.nn.GroupNorm):
         self.context = context
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        frames = self.context.num_frames
+        frames = self.context.num_latent_frames
         if frames == 1:
             return super().forward(x)
         rows, channels = x.shape[:2]

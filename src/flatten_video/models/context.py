@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from .. import defaults
 from ..choices import ATTENTION_MODES, FLATTEN_VARIANTS, FLOW_GUIDED_MODES  # noqa: F401 - re-exported
 from ..validation import check_at_least, check_choice
 from ..windows import check_windows
@@ -27,18 +28,19 @@ class FlattenConfig:
         variant: one of :data:`FLATTEN_VARIANTS`.
         levels: U-Net levels with flow-guided attention: 0 is the latent grid (the paper's only
             one), 1 half of it, ...
-        window: frames per co-denoising window for long clips (DESIGN.md 4); 0, or a clip no
-            longer than it, runs the exact method on the whole clip.
-        overlap: frames shared by consecutive windows.
-        anchors: frames spread over the clip that join every window's attention.
+        window: latent frames per co-denoising window for long clips (docs/architecture.md,
+            "Long clips"); 0, or a clip no longer than it, runs the exact method on the whole clip.
+            For an image VAE latent frames are source frames.
+        overlap: latent frames shared by consecutive windows.
+        anchors: latent frames spread over the clip that join every window's attention.
     """
 
-    attention_mode: str = "dsta+flatten"
-    variant: str = "II"
+    attention_mode: str = defaults.ATTENTION_MODE
+    variant: str = defaults.VARIANT
     levels: tuple[int, ...] = (0,)
-    window: int = 32
-    overlap: int = 8
-    anchors: int = 2
+    window: int = defaults.WINDOW
+    overlap: int = defaults.OVERLAP
+    anchors: int = defaults.ANCHORS
 
     def __post_init__(self) -> None:
         check_choice("attention mode", self.attention_mode, ATTENTION_MODES)
@@ -63,9 +65,9 @@ class FlattenConfig:
     def from_dict(cls, values: dict) -> "FlattenConfig":
         return cls(**{**values, "levels": tuple(values.get("levels", (0,)))})
 
-    def windowed(self, num_frames: int) -> bool:
-        """Whether a clip of ``num_frames`` frames is edited in windows rather than whole."""
-        return 0 < self.window < num_frames
+    def windowed(self, num_latent_frames: int) -> bool:
+        """Whether a clip of ``num_latent_frames`` latent frames is edited in windows rather than whole."""
+        return 0 < self.window < num_latent_frames
 
 
 @dataclass
@@ -73,32 +75,33 @@ class FlattenContext:
     """What the processors need to know about the video being processed.
 
     Attributes:
-        num_frames: F, frames per video; U-Net batches are video-major (B*F, ...).
+        num_latent_frames: F', latent frames per video in the model's batch (a window's, with
+            its anchors, when it holds a window); U-Net batches are video-major (B*F', ...).
         attention_mode: one of :data:`ATTENTION_MODES`.
         variant: one of :data:`FLATTEN_VARIANTS`.
         trajectories: the trajectories of every latent grid (h, w) where flow-guided attention
             runs; grids without an entry get no flow-guided attention.
         features: the feature store that captures or injects features, or None.
-        frames: (K,) the clip frames the batch holds, in order, when it holds a window of a long
-            clip; None when it holds the whole clip.
+        window_frames: (K,) the clip's latent frames the batch holds, in order, when it holds a
+            window of a long clip; None when it holds the whole clip.
         phase: ``"inversion"`` or ``"sampling"`` while a pipeline runs one, for plug-ins whose
             behaviour differs between them (a ControlNet during inversion).
     """
 
-    num_frames: int = 1
-    attention_mode: str = "dsta+flatten"
-    variant: str = "II"
+    num_latent_frames: int = 1
+    attention_mode: str = defaults.ATTENTION_MODE
+    variant: str = defaults.VARIANT
     trajectories: dict[tuple[int, int], "Trajectories"] = field(default_factory=dict)
     features: "FeatureStore | None" = None
-    frames: "torch.Tensor | None" = None
+    window_frames: "torch.Tensor | None" = None
     phase: str = ""
 
     def __post_init__(self) -> None:
         FlattenConfig(self.attention_mode, self.variant)  # one owner for both names' rules
 
     @classmethod
-    def from_config(cls, config: FlattenConfig, num_frames: int, trajectories=None, features=None) -> "FlattenContext":
-        return cls(num_frames, config.attention_mode, config.variant, dict(trajectories or {}), features)
+    def from_config(cls, config: FlattenConfig, num_latent_frames: int, trajectories=None, features=None) -> "FlattenContext":
+        return cls(num_latent_frames, config.attention_mode, config.variant, dict(trajectories or {}), features)
 
     @property
     def dense_temporal(self) -> bool:

@@ -2,7 +2,8 @@
 
 :func:`install_flatten` changes three things, without forking diffusers:
 
-- every ``attn1`` gets a :class:`~flatten_video.models.attention.FlattenAttnProcessor`: dense
+- every self-attention (found by meaning, as diffusers' ``PAGMixin`` finds it: an attention module
+  that is not cross-attention) gets a :class:`~flatten_video.models.attention.FlattenAttnProcessor`: dense
   spatio-temporal attention over all frames, then flow-guided attention before ``to_out``;
 - the GroupNorms of the ResNet blocks and ``conv_norm_out`` become
   :class:`~flatten_video.models.attention.VideoGroupNorm`, taking statistics over a whole video;
@@ -17,6 +18,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import ResnetBlock2D
 
 from .attention import FlattenAttnProcessor, VideoGroupNorm
@@ -25,6 +28,17 @@ from .injection import InjectionSpec, InjectionUnavailable
 
 #: Attribute of the U-Net holding what :func:`install_flatten` replaced (not a submodule).
 _STATE = "_flatten_originals"
+
+
+def self_attention_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(name, module) of every self-attention of ``model``: a diffusers attention module (the
+    classic ``Attention`` or one of the newer ``AttentionModuleMixin`` classes) that is not
+    cross-attention, whatever it is called."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, (Attention, AttentionModuleMixin)) and not module.is_cross_attention
+    ]
 
 
 def injection_spec(unet) -> InjectionSpec | None:
@@ -50,14 +64,11 @@ def install_flatten(unet: torch.nn.Module, context: FlattenContext, injection: I
     uninstall_flatten(unet)
     if injection is None:
         injection = injection_spec(unet) or InjectionSpec((), ())
-    originals = {"processors": dict(unet.attn_processors), "norms": [], "hooks": []}
+    originals = {"processors": [], "norms": [], "hooks": []}
 
-    processors = dict(originals["processors"])
-    for name in processors:
-        module_name = name.removesuffix(".processor")
-        if module_name.endswith("attn1"):
-            processors[name] = FlattenAttnProcessor(context, module_name, module_name in injection.attentions)
-    unet.set_attn_processor(processors)
+    for name, module in self_attention_modules(unet):
+        originals["processors"].append((module, module.processor))
+        module.set_processor(FlattenAttnProcessor(context, name, name in injection.attentions))
 
     def wrap(parent: torch.nn.Module, attribute: str) -> None:
         norm = getattr(parent, attribute, None)
@@ -92,7 +103,8 @@ def uninstall_flatten(unet: torch.nn.Module) -> None:
         handle.remove()
     for parent, attribute, norm in originals["norms"]:
         setattr(parent, attribute, norm)
-    unet.set_attn_processor(originals["processors"])
+    for module, processor in originals["processors"]:
+        module.set_processor(processor)
 
 
 def is_flatten_installed(unet: torch.nn.Module) -> bool:

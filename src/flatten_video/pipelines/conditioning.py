@@ -1,9 +1,9 @@
-"""Rows of a U-Net batch and what conditions each (DESIGN.md 2, "one seam for the U-Net call").
+"""Rows of a model batch and what conditions each (docs/architecture.md, "One seam for the model call").
 
 A batch holds B videos of F frames, ``(B, C, F, h, w)``; row b is one video (a source row, the
 unconditional or the conditional branch of guidance), and row b of every conditioning tensor
-belongs to it. The U-Net sees frames folded into its batch, ``(B*F, ...)`` video-major, with each
-row's conditioning repeated for its frames.
+belongs to it. The backbone lays the rows out as its model wants them (the U-Net folds frames
+into its batch, ``(B*F, ...)`` video-major, each row's conditioning repeated for its frames).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+
+from ..backbones.unet2d import fold_frames, unfold_frames  # noqa: F401 - re-exported: the U-Net's layout
 
 logger = logging.getLogger(__name__)
 
@@ -74,18 +76,6 @@ class Conditioning:
         if self.added_cond_kwargs:
             kwargs["added_cond_kwargs"] = {k: v.repeat_interleave(frames, 0) for k, v in self.added_cond_kwargs.items()}
         return kwargs
-
-
-def fold_frames(latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, F, h, w) -> (B*F, C, h, w), video-major."""
-    videos, channels, frames, h, w = latents.shape
-    return latents.permute(0, 2, 1, 3, 4).reshape(videos * frames, channels, h, w)
-
-
-def unfold_frames(sample: torch.Tensor, videos: int) -> torch.Tensor:
-    """(B*F, C, h, w) video-major -> (B, C, F, h, w)."""
-    rows, channels, h, w = sample.shape
-    return sample.reshape(videos, rows // videos, channels, h, w).permute(0, 2, 1, 3, 4)
 
 
 def stack_rows(rows: list[tuple[torch.Tensor, Conditioning]]) -> tuple[torch.Tensor, Conditioning]:

@@ -20,6 +20,7 @@ from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
 from ..validation import check_fraction_window
 from .conditioning import Conditioning
+from .schedule import sampling_timesteps
 from .pipeline_flatten import FlattenPipeline
 from .pipeline_flatten_xl import FlattenSDXLPipeline
 
@@ -92,7 +93,7 @@ class ControlNetMixin:
         scales = controlnet_conditioning_scale
         scales = list(scales) if isinstance(scales, (list, tuple)) else [scales] * count
         check_fraction_window(control_guidance_start, control_guidance_end, "control_guidance_start", "control_guidance_end")
-        timesteps = self.injected_timesteps(num_inference_steps, num_inference_steps)  # the whole schedule
+        timesteps = sampling_timesteps(self.scheduler, num_inference_steps)
         # diffusers' rule: step i is controlled when i/N >= start and (i+1)/N <= end.
         kept = {t for i, t in enumerate(timesteps)
                 if i / len(timesteps) >= control_guidance_start and (i + 1) / len(timesteps) <= control_guidance_end}
@@ -105,15 +106,15 @@ class ControlNetMixin:
         finally:
             self._control = None
 
-    def _source_conditioning(self, latents: torch.Tensor) -> Conditioning:
-        rows = super()._source_conditioning(latents)
+    def source_conditioning(self, source_prompt: str, latents: torch.Tensor) -> Conditioning:
+        rows = super().source_conditioning(source_prompt, latents)
         if self._control is not None and not self._control.inversion:
             rows.control_scale = torch.zeros(rows.num_rows, device=rows.encoder_hidden_states.device)
         return rows
 
     def extra_unet_kwargs(self, sample: torch.Tensor, timestep: int, conditioning: Conditioning, unet_kwargs: dict) -> dict:
         """ControlNet residuals for the folded batch, weighted per row; none when it is off."""
-        state, context = self._control, self.flatten
+        state, context = self._control, self.flatten_context
         if state is None or context is None:
             return {}
         active = state.inversion if context.phase == "inversion" else timestep in state.sampling_timesteps
@@ -122,7 +123,7 @@ class ControlNetMixin:
             return {}
         videos = conditioning.num_rows
         frames = sample.shape[0] // videos
-        pick = context.frames
+        pick = context.window_frames
         images = [image if pick is None else image.index_select(0, pick.to(image.device)) for image in state.images]
         images = [image.repeat(videos, 1, 1, 1) for image in images]
         down, mid = self.controlnet(

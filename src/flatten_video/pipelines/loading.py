@@ -6,10 +6,9 @@ import os
 import pathlib
 from typing import Callable
 
-from diffusers import DDIMInverseScheduler, DDIMScheduler
-
 from ..hub import hub_kwargs, is_hub_id
 from .output import ModelLoadError
+from .schedule import ddim_schedulers
 
 
 def _one_line(error: BaseException) -> str:
@@ -23,12 +22,15 @@ def load_pretrained(load: Callable, family: str, pretrained_model_name_or_path, 
     kwargs.setdefault("use_safetensors", True)
     try:
         if "scheduler" not in kwargs:
-            kwargs["scheduler"] = DDIMScheduler.from_pretrained(
+            from diffusers import DDIMScheduler
+
+            config = DDIMScheduler.load_config(
                 pretrained_model_name_or_path,
                 subfolder="scheduler",
                 **{k: kwargs[k] for k in ("local_files_only", "cache_dir", "revision", "token") if k in kwargs},
             )
-        kwargs.setdefault("inverse_scheduler", DDIMInverseScheduler.from_config(kwargs["scheduler"].config))
+            kwargs["scheduler"] = ddim_schedulers(config)[0]
+        kwargs.setdefault("inverse_scheduler", ddim_schedulers(kwargs["scheduler"].config)[1])
         return load(pretrained_model_name_or_path, **kwargs)
     except (OSError, EnvironmentError, ValueError) as error:
         raise ModelLoadError(
@@ -170,7 +172,7 @@ def load_single_file(pipeline_class, path: str | os.PathLike, config: str | None
             f"({family}); connect once so they are fetched and cached, or give --model-config with a local copy of "
             f"{config} in diffusers layout (its config and tokenizer files suffice) ({_one_line(error)})"
         ) from error
-    scheduler = DDIMScheduler.from_config(loaded.scheduler.config)
+    scheduler, inverse_scheduler = ddim_schedulers(loaded.scheduler.config)
     names = set(pipeline_class.__init__.__code__.co_varnames)
     components = {name: module for name, module in loaded.components.items() if name in names and name != "scheduler"}
-    return pipeline_class(**components, scheduler=scheduler, inverse_scheduler=DDIMInverseScheduler.from_config(scheduler.config))
+    return pipeline_class(**components, scheduler=scheduler, inverse_scheduler=inverse_scheduler)

@@ -26,8 +26,8 @@ class WindowRun:
 
     Attributes:
         index: its place in the plan.
-        frames: (W,) the clip frames whose noise it predicts.
-        inputs: (W + A',) the frames it feeds the U-Net: its own, then anchors.
+        frames: (W,) the clip's latent frames whose noise it predicts.
+        inputs: (W + A,) the latent frames it feeds the model: its own, then anchors.
         weights: (1, 1, W, 1, 1) its share of each of its frames' noise.
         trajectories: the clip-wide trajectories as its batch sees them (grid -> Trajectories).
         whole: whether it is the whole clip (the exact method).
@@ -47,10 +47,10 @@ class WindowRun:
 
 
 def plan_runs(
-    config: FlattenConfig, num_frames: int, trajectories: dict[tuple[int, int], Trajectories], device
+    config: FlattenConfig, num_latent_frames: int, trajectories: dict[tuple[int, int], Trajectories], device
 ) -> list[WindowRun]:
-    """The windows of a clip of ``num_frames`` frames under ``config``, on ``device``."""
-    windows = plan_windows(num_frames, config.window, config.overlap, config.anchors)
+    """The windows of a clip of ``num_latent_frames`` latent frames under ``config``, on ``device``."""
+    windows = plan_windows(num_latent_frames, config.window, config.overlap, config.anchors)
     whole = len(windows) == 1
     return [
         WindowRun(
@@ -102,7 +102,7 @@ def denoise(
     mine, reduce = process_share(runs)
     if runs[0].whole:  # the exact method: the clip is its own window, nothing to cut or mix
         run = runs[0]
-        context.num_frames, context.trajectories, context.frames = latents.shape[2], run.trajectories, None
+        context.num_latent_frames, context.trajectories, context.window_frames = latents.shape[2], run.trajectories, None
         with scope(run, latents.shape[2]):
             noise = predict(latents, timestep, conditioning)
         on_window()
@@ -110,7 +110,7 @@ def denoise(
     noise = torch.zeros_like(latents)
     for run in mine:
         rows = len(run.inputs)
-        context.num_frames, context.trajectories, context.frames = rows, run.trajectories, run.inputs
+        context.num_latent_frames, context.trajectories, context.window_frames = rows, run.trajectories, run.inputs
         with scope(run, rows):
             window = predict(latents.index_select(2, run.inputs), timestep, conditioning)
         noise.index_add_(2, run.frames, window[:, :, : len(run.frames)] * run.weights.to(window.dtype))

@@ -1,0 +1,113 @@
+"""The paper's method (docs/architecture.md, "The method", steps 5-6): DDIM inversion of the
+source latents with the source prompt (empty: no caption needed), guidance 1 and FLATTEN on,
+recording the source features at the timesteps that sampling's first ``inject_steps`` steps
+visit, for sampling to inject."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+
+from ...models.features import FeatureStore, feature_budget, store_estimate
+from ...timing import timed
+from ..inversion import FlattenInversion
+from ..samplers import ddim_invert
+from ..schedule import injected_timesteps, inversion_timesteps
+from ..windowing import denoise, plan_runs, process_share
+from .base import EditMethod, EditRequest, register_method
+
+logger = logging.getLogger(__name__)
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"
+
+
+class DDIMInversion(EditMethod):
+    """DDIM inversion plus plug-and-play injection of the source features."""
+
+    name = "inversion"
+    options = ("num_inversion_steps", "inject_steps")
+
+    def start(self, pipe, request: EditRequest, trajectories: dict, timings: dict) -> FlattenInversion:
+        device = pipe._execution_device
+        latents = request.latents
+        if latents is None:
+            with timed(timings, "encode", device):
+                latents = pipe.encode_video(request.frames, request.generator)
+        with timed(timings, "invert", device):
+            inversion = self.invert(pipe, latents, trajectories, request)
+        inversion.timings = timings
+        return inversion
+
+    def invert(self, pipe, latents, trajectories: dict, request: EditRequest) -> FlattenInversion:
+        """DDIM inversion of ``latents`` (1, C, F', h, w) with FLATTEN on.
+
+        At the injected timesteps the latent fed to the model is kept, and the source features
+        are recorded (``feature_mode="stored"``, kept in ``feature_dtype`` on the CPU) or left to
+        be recomputed from that latent during sampling (``"recompute"``). ``"auto"`` stores the
+        features of the first injected timestep, then estimates the whole store as that size
+        times ``inject_steps``: within ``feature_memory_budget`` it goes on storing, else it drops
+        the store and recomputes.
+        """
+        feature_mode = request.feature_mode
+        # Read before inversion allocates anything, so the figure is what the store may take.
+        budget = feature_budget(request.feature_memory_budget) if feature_mode == "auto" else None
+        timesteps = inversion_timesteps(pipe.inverse_scheduler, request.num_inversion_steps)
+        step = pipe.inverse_scheduler.config.num_train_timesteps // request.num_inversion_steps
+        injected = injected_timesteps(pipe.scheduler, request.num_inference_steps, request.inject_steps)
+        if feature_mode == "auto" and not injected:
+            feature_mode = "stored"  # nothing to hold: an empty store, as stored mode gives
+        # Auto mode stores until it can tell the size of the store (at the first injected step).
+        store = FeatureStore(storage_dtype=request.feature_dtype) if feature_mode != "recompute" else None
+        inversion = FlattenInversion(
+            latents=latents, trajectories=trajectories, config=request.config,
+            num_inference_steps=request.num_inference_steps, num_inversion_steps=request.num_inversion_steps,
+            injected_timesteps=injected, feature_mode=feature_mode, features=store, source_prompt=request.source_prompt,
+        )
+        source_row = pipe.source_conditioning(request.source_prompt, latents)
+        latents = latents.to(pipe._execution_device)
+        num_latent_frames = latents.shape[2]
+        with pipe.flatten_enabled(request.config, num_latent_frames, trajectories, store, phase="inversion") as context:
+            runs = plan_runs(request.config, num_latent_frames, context.trajectories, pipe._execution_device)
+            share = len(process_share(runs)[0])
+            with pipe._progress((len(timesteps) - 1) * share, "DDIM inversion", share) as bar:
+
+                def model(latents, index, t):
+                    # Keep what sampling needs at t: the model input and (stored mode) every window's features.
+                    capture = t in inversion.injected_timesteps and inversion.features is not None
+                    if t in inversion.injected_timesteps:
+                        inversion.source_latents[t] = latents.clone()
+
+                    def scope(run, rows):
+                        return inversion.features.capturing(run.key(t)) if capture else nullcontext()
+
+                    noise = denoise(pipe.predict_noise, context, runs, latents, t, source_row, scope, bar.update)
+                    if capture and inversion.feature_mode == "auto":
+                        self._resolve_auto_mode(inversion, context, budget)
+                    return noise
+
+                inversion.latents = ddim_invert(model, latents, pipe.inverse_scheduler, timesteps, step)
+        return inversion
+
+    @staticmethod
+    def _resolve_auto_mode(inversion: FlattenInversion, context, budget: int | None) -> None:
+        """Settle ``feature_mode="auto"`` once the features of the first injected timestep are
+        stored (:func:`~flatten_video.models.features.store_estimate`): within ``budget`` (None:
+        no limit) the inversion goes on storing; beyond it, the store is dropped and the features
+        are recomputed from the source latents during sampling."""
+        estimate = store_estimate(inversion.features.nbytes, len(inversion.injected_timesteps))
+        if budget is None or estimate <= budget:
+            inversion.feature_mode = "stored"
+            return
+        logger.info(
+            "feature_mode='auto': the source features would take %s, over the budget of %s; "
+            "recomputing them during sampling instead",
+            _gib(estimate),
+            _gib(budget),
+        )
+        inversion.feature_mode = "recompute"
+        inversion.features = context.features = None
+
+
+register_method(DDIMInversion())
