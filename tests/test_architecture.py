@@ -10,6 +10,7 @@ import inspect
 import pathlib
 
 import pytest
+import torch
 
 import flatten_video
 from flatten_video.app.settings import EditSettings, Option, RuntimeSettings, Widget, add_arguments, option, options_of
@@ -165,23 +166,34 @@ def test_edit_command_options_are_generated_from_the_schema():
         assert cls.from_namespace(args) == cls()
 
 
-def test_a_new_option_is_one_field():
-    """A field with its metadata appears on the command line, on the page and in the pipeline call."""
+def test_a_new_option_is_one_field(tiny_pipe):
+    """A field with its metadata appears on the command line and on the page, is checked, and
+    reaches the pipeline call: here DDIM's eta, which the schema does not offer today."""
+    from conftest import moving_texture
 
     @dataclasses.dataclass
     class Extended(EditSettings):
-        control_steps: int = option(0, "steps with a ControlNet", kwarg="control_steps", inversion=True, minimum=0,
-                                    widget=Widget("number", "ControlNet steps", "Diffusion", 0))
+        eta: float = option(0.0, "DDIM eta (0: deterministic)", kwarg="eta", sampling_only=True, minimum=0,
+                            widget=Widget("slider", "DDIM eta", "Diffusion", 0, 1, 0.1))
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, Extended)
-    settings = Extended.from_namespace(parser.parse_args(["--prompt", "a cat", "--control-steps", "16"]))
-    assert settings.control_steps == 16
-    assert settings.pipeline_kwargs()["control_steps"] == 16 and settings.inversion_identity()["control_steps"] == 16
-    with pytest.raises(ValueError, match="--control-steps must be at least 0"):
-        dataclasses.replace(settings, control_steps=-1).check()
+    argv = ["--prompt", "a cat", "--steps", "2", "--inversion-steps", "4", "--inject-steps", "1", "--flow", "dis"]
+    settings = Extended.from_namespace(parser.parse_args([*argv, "--eta", "1"]))
+    assert settings.eta == 1.0 and "eta" not in settings.inversion_identity()
+    with pytest.raises(ValueError, match="--eta must be at least 0"):
+        dataclasses.replace(settings, eta=-1.0).check()
     field, meta = options_of(Extended)[-1]
-    assert field.name == "control_steps" and isinstance(meta, Option) and meta.widget.section == "Diffusion"
+    assert field.name == "eta" and isinstance(meta, Option) and meta.widget.section == "Diffusion"
+
+    frames = moving_texture(frames=3, height=64, width=64)
+
+    def edit(settings):
+        generator = torch.Generator().manual_seed(0)
+        return tiny_pipe(frames, generator=generator, output_type="latent", **settings.pipeline_kwargs()).frames
+
+    # eta reaches DDIM's step: stochastic sampling differs from the deterministic default.
+    assert not torch.equal(edit(settings), edit(dataclasses.replace(settings, eta=0.0)))
 
 
 def test_form_fields_follow_the_schema():

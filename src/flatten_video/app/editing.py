@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from ..flow import ensure_raft_weights
-from ..pipelines import FlattenInversion
+from ..pipelines import EditStart
+from ..timing import timed
 from ..video import Video, VideoError, read_video, write_video
 from .errors import error_line
 from .settings import EditSettings
@@ -125,12 +126,12 @@ class InversionCache:
         digest.update(json.dumps(identity, sort_keys=True).encode())
         return self.folder / f"{digest.hexdigest()[:32]}.safetensors"
 
-    def load(self, path: pathlib.Path) -> FlattenInversion | None:
+    def load(self, path: pathlib.Path) -> EditStart | None:
         """The cached inversion, or None when there is none or it cannot be read (it is redone)."""
         if not path.exists():
             return None
         try:
-            inversion = FlattenInversion.load(path)
+            inversion = EditStart.load(path)
         except ValueError as error:
             logger.warning("ignoring a damaged cached inversion: %s", error)
             return None
@@ -224,6 +225,7 @@ class PromptEdit:
         error: why it failed, None when it was written.
         frames: the edited frames, (F, 3, H, W) in [0, 1] (the source not beside them), for
             other renderings of the same edit without decoding the file again.
+        timings: seconds of its ``sample``, ``decode`` and ``write`` stages.
     """
 
     index: int
@@ -231,6 +233,7 @@ class PromptEdit:
     output: pathlib.Path
     error: BaseException | None = None
     frames: torch.Tensor | None = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -238,15 +241,17 @@ class PromptEdit:
 
 
 def invert_source(pipe, clip: Video, settings: EditSettings, cache_dir: str | os.PathLike | None = None,
-                  write: bool = True) -> FlattenInversion:
-    """The inversion every prompt of an edit starts from: from ``cache_dir`` when it holds one for
-    these frames, model and settings, else made now (and kept there when ``write``)."""
+                  write: bool = True, flows: torch.Tensor | None = None) -> EditStart:
+    """The start every prompt of an edit samples from (the paper's method: the inversion): from
+    ``cache_dir`` when it holds one for these frames, model and settings, else made now (and kept
+    there when ``write``). ``flows``: the source's forward flows when already estimated."""
     cache = InversionCache(cache_dir) if cache_dir is not None else None
     entry = cache.path(pipe, clip.frames, settings) if cache else None
     inversion = cache.load(entry) if cache else None
     if inversion is None:
         generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-        inversion = pipe.invert_video(clip.frames, generator=generator, **settings.pipeline_kwargs(for_inversion=True))
+        inversion = pipe.invert_video(clip.frames, generator=generator, flows=flows,
+                                      **settings.pipeline_kwargs(for_inversion=True))
         if cache and write:
             inversion.save(entry)
     return inversion
@@ -264,6 +269,7 @@ def edit_prompts(
     controls: list[torch.Tensor] | None = None,
     on_prompt: Callable[[int, str], None] | None = None,
     callback_on_step_end: Callable | None = None,
+    inversion: EditStart | None = None,
 ) -> Iterator[PromptEdit]:
     """Edit ``video`` once per prompt from one inversion, yielding each outcome as it is written.
 
@@ -284,6 +290,8 @@ def edit_prompts(
         on_prompt: called with (index, prompt) before each prompt's sampling, for progress.
         callback_on_step_end: given to the pipeline call of every prompt (diffusers' signature);
             an exception it raises ends that prompt, e.g. to stop an edit from a web page.
+        inversion: the start made already (:func:`invert_source`), for callers that time or
+            share it; made here when None.
     """
     if len(outputs) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts and {len(outputs)} outputs: give one output per prompt")
@@ -291,22 +299,29 @@ def edit_prompts(
         clip = prepare_source(video, dataclasses.replace(settings, prompt=prompts[0] if prompts else ""), outputs)
     if settings.control and controls is None:
         controls = control_images(clip, settings)
+    device = pipe._execution_device
     with controlled(pipe, controls, settings):
-        inversion = invert_source(pipe, clip, settings, cache_dir, write)
+        if inversion is None:
+            inversion = invert_source(pipe, clip, settings, cache_dir, write)
         for index, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
             if on_prompt is not None:
                 on_prompt(index, prompt)
+            timings: dict[str, float] = {}
             try:
                 generator = torch.Generator(device="cpu").manual_seed(settings.seed)
                 kwargs = dataclasses.replace(settings, prompt=prompt).sampling_kwargs()
-                result = pipe(clip.frames, generator=generator, inversion=inversion, output_type="pt",
-                              callback_on_step_end=callback_on_step_end, **kwargs)
-                check_finite_frames(result.frames, pipe)
+                with timed(timings, "sample", device):
+                    latents = pipe(clip.frames, generator=generator, inversion=inversion, output_type="latent",
+                                   callback_on_step_end=callback_on_step_end, **kwargs).frames
+                with timed(timings, "decode", device):
+                    frames = pipe.decode_latents(latents)
+                check_finite_frames(frames, pipe)
                 written = pathlib.Path(output)
                 if write:
-                    written = write_video(result.frames, output, fps=settings.fps or clip.fps,
-                                          side_by_side=clip.frames if settings.side_by_side else None)
+                    with timed(timings, "write", device):
+                        written = write_video(frames, output, fps=settings.fps or clip.fps,
+                                              side_by_side=clip.frames if settings.side_by_side else None)
             except Exception as error:  # noqa: BLE001 - reported per prompt; the others still run
                 yield PromptEdit(index, prompt, pathlib.Path(output), error)
                 continue
-            yield PromptEdit(index, prompt, written, frames=result.frames)
+            yield PromptEdit(index, prompt, written, frames=frames, timings=timings)

@@ -22,15 +22,16 @@ import datetime
 import json
 import pathlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import groupby
 
-from ..app.editing import control_images, controlled, prepare_source
+from ..app.editing import control_images, controlled, edit_prompts, invert_source, prepare_source
 from ..app.runtime import check_runtime, default_device, error_line, load_pipeline, resolve_dtype
 from ..app.settings import EditSettings, RuntimeSettings, add_arguments
 from ..flow import FLOW_METHODS, estimate_flow
 from ..timing import timed
-from ..video import Video, read_video, write_video
+from ..video import Video, read_video
 from .dataset import EDITS, BenchError, Item, find_csv, load_items, select_items, shard, split_name
 from .metrics import (
     DEFAULT_CLIP_MODEL,
@@ -151,17 +152,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class PreparedVideo:
-    """A source video ready for its edits: the clip, its inversion, its flows for Ewarp."""
+    """A source video ready for its edits: the clip, its start (inversion), its flows for Ewarp."""
 
     clip: Video
-    inversion: object  # flatten_video.FlattenInversion
+    inversion: object  # flatten_video.EditStart
     flows: tuple
     timings: dict
     controls: list | None = None  # the condition maps of the --control options
 
 
-def prepare_video(pipe, item: Item, settings: EditSettings, device: str, generator) -> PreparedVideo:
-    """Read, flow and invert a source video: once per video, for all its edits."""
+def prepare_video(pipe, item: Item, settings: EditSettings, device: str) -> PreparedVideo:
+    """Read, flow and invert a source video: once per video, for all its edits, as ``edit``
+    inverts (:func:`~flatten_video.app.editing.invert_source`)."""
     timings: dict[str, float] = {}
     with timed(timings, "read", device):
         clip = prepare_source(item.frames_dir, settings, require_prompt=False)
@@ -172,41 +174,43 @@ def prepare_video(pipe, item: Item, settings: EditSettings, device: str, generat
         flows = (estimate_flow(clip.frames, **options), estimate_flow(clip.frames.flip(0), **options).flip(0))
     controls = control_images(clip, settings) if settings.control else None
     with controlled(pipe, controls, settings):
-        inversion = pipe.invert_video(
-            clip.frames, generator=generator, flows=flows[0], **settings.pipeline_kwargs(for_inversion=True)
-        )
+        inversion = invert_source(pipe, clip, settings, flows=flows[0])
     return PreparedVideo(clip, inversion, flows, {**timings, **inversion.timings}, controls)
 
 
-def run_item(pipe, video: PreparedVideo, item: Item, metrics: dict, settings: EditSettings, record_settings: dict,
-             out: pathlib.Path, device: str, generator) -> dict:
-    """Sample, decode, write and score one edit (``metrics``: :func:`load_metric_models`); its JSON is
-    written last, marking it finished."""
-    timings: dict[str, float] = {}
-    with timed(timings, "sample", device), controlled(pipe, video.controls, settings):
-        latents = pipe.sample(
-            video.inversion, item.prompt, settings.negative_prompt, guidance_scale=settings.guidance, generator=generator
-        )
-    with timed(timings, "decode", device):
-        frames = pipe.decode_latents(latents)
-    path = item_path(out, item)
+def run_video(pipe, video: PreparedVideo, items: list[Item], metrics: dict, settings: EditSettings,
+              record_settings: dict, out: pathlib.Path, device: str) -> Iterator[tuple[Item, BaseException | None]]:
+    """Edit, write and score each of a video's items through the edit route every command takes
+    (:func:`~flatten_video.app.editing.edit_prompts`: sampling, decoding, the NaN check, the
+    atomic write), yielding (item, its error or None). An item's JSON is written last, marking it
+    finished."""
+    paths = [item_path(out, item) for item in items]
+    edits = edit_prompts(pipe, items[0].frames_dir, [path.with_suffix(".mp4") for path in paths], settings,
+                         [item.prompt for item in items], clip=video.clip, controls=video.controls,
+                         inversion=video.inversion)
     clip = video.clip
-    with timed(timings, "write", device):
-        side = clip.frames if settings.side_by_side else None
-        write_video(frames, path.with_suffix(".mp4"), fps=settings.fps or clip.fps, side_by_side=side)
-    with timed(timings, "metrics", device):
-        scores = evaluate_video(frames, clip.frames, item.prompt, flows=video.flows, device=device, **metrics)
-    record = dict(
-        subset=item.subset, video=item.video, edit=item.edit, split=split_name(item.subset),
-        prompt=item.prompt, source_caption=item.caption, settings=record_settings,
-        scores=finite_or_none(scores.to_table_units()), scores_raw=finite_or_none(scores.as_dict()),
-        timings=dict(video=video.timings, **timings), output=path.with_suffix(".mp4").name,
-        frames=dict(count=len(clip.frames), stride=clip.stride, total=clip.total_frames, width=clip.size[0],
-                    height=clip.size[1], fps=clip.fps),
-        device=device, finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
-    write_json_atomic(path, record)
-    return record
+    for item, path, edit in zip(items, paths, edits, strict=True):
+        if not edit.ok:
+            yield item, edit.error
+            continue
+        timings = dict(edit.timings)
+        try:
+            with timed(timings, "metrics", device):
+                scores = evaluate_video(edit.frames, clip.frames, item.prompt, flows=video.flows, device=device, **metrics)
+            record = dict(
+                subset=item.subset, video=item.video, edit=item.edit, split=split_name(item.subset),
+                prompt=item.prompt, source_caption=item.caption, settings=record_settings,
+                scores=finite_or_none(scores.to_table_units()), scores_raw=finite_or_none(scores.as_dict()),
+                timings=dict(video=video.timings, **timings), output=edit.output.name,
+                frames=dict(count=len(clip.frames), stride=clip.stride, total=clip.total_frames, width=clip.size[0],
+                            height=clip.size[1], fps=clip.fps),
+                device=device, finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            )
+            write_json_atomic(path, record)
+        except Exception as error:  # a metric that fails on this edit: the next one may score
+            yield item, error
+            continue
+        yield item, None
 
 
 def run_items(items: list[Item], args, settings: EditSettings, record_settings: dict, out: pathlib.Path,
@@ -217,7 +221,6 @@ def run_items(items: list[Item], args, settings: EditSettings, record_settings: 
     a metrics model or the Stable Diffusion model is fatal (nothing could run) and raises, before
     any edit.
     """
-    import torch
     from tqdm.auto import tqdm
 
     failures: list[dict] = []
@@ -247,20 +250,17 @@ def run_items(items: list[Item], args, settings: EditSettings, record_settings: 
                     runnable.append(item)
             if not runnable:
                 continue
-            # One generator per video, seeded as `edit` seeds it, so a bench item equals the same edit.
-            generator = torch.Generator(device="cpu").manual_seed(settings.seed)
             try:
-                video = prepare_video(pipe, runnable[0], settings, device, generator)
+                video = prepare_video(pipe, runnable[0], settings, device)
             except Exception as error:  # bad frames, too few frames, out of memory...: the video's items fail
                 for item in runnable:
                     fail(item, error)
                     bar.update()
                 continue
-            for item in runnable:
-                bar.set_postfix_str(item.name)
-                try:
-                    run_item(pipe, video, item, metrics, settings, record_settings, out, device, generator)
-                except Exception as error:  # e.g. out of memory while sampling: the next item may fit
+            bar.set_postfix_str(runnable[0].name)
+            # An item that fails (out of memory while sampling, say) is reported; the next may fit.
+            for item, error in run_video(pipe, video, runnable, metrics, settings, record_settings, out, device):
+                if error is not None:
                     fail(item, error)
                 bar.update()
             del video  # frees the stored features before the next video's inversion

@@ -61,11 +61,14 @@ class FlattenMixin:
     #: Run the VAE in float32 when its config says ``force_upcast`` (SDXL's overflows in float16).
     upcast_vae: bool = False
 
+    #: The component FLATTEN changes (its backbone is looked up by its class).
+    denoiser_name: str = "unet"
+
     @property
     def backbone(self) -> Backbone:
         """The denoiser as FLATTEN sees it (:func:`~flatten_video.backbones.backbone_for`); cheap,
         made afresh so that a swapped component is always the one used."""
-        return backbone_for(self.unet, self.vae_scale_factor)
+        return backbone_for(getattr(self, self.denoiser_name), self.vae_scale_factor)
 
     def encode_conditioning(self, prompt: str, height: int, width: int) -> Conditioning:
         """The conditioning of one model row (a video) for ``prompt``, frames of ``height`` x ``width`` px."""
