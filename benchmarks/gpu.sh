@@ -9,7 +9,7 @@
 #    DSTA + FLATTEN (the cost of FLATTEN's attention);
 # 2. the paper's setting, 32 frames, as a whole edit with fewer steps (STEPS/INV_STEPS/INJECT,
 #    default 10/20/8; the paper's 50/100/40 is FULL=1): seconds per U-Net call give the full time;
-# 3. 128 frames edited in windows of 32 (DESIGN.md 4) against 32 frames, same steps;
+# 3. 128 frames edited in windows of 32 (docs/architecture.md, Long clips) against 32 frames, same steps;
 # 4. an SDXL edit of 16 frames at 1024x1024;
 # 5. speed levers on the 32-frame U-Net evaluation: bf16, SDPA backends flash / efficient /
 #    cuDNN, channels-last, torch.compile of the U-Net's blocks (slowest to start, so last);

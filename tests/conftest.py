@@ -18,8 +18,9 @@ os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="flatten-video-torch-home-")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
-REFERENCE_CASES = SHARED / "reference-cases"
+#: The paper's reference cases (numbers from its released code on tiny random weights), kept in the
+#: repository so a clone with nothing beside it passes; tests/data/reference-cases/README.md says what each holds.
+REFERENCE_CASES = pathlib.Path(__file__).resolve().parent / "data" / "reference-cases"
 TINY_SD = REFERENCE_CASES / "tiny-sd"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -43,14 +44,14 @@ def clip_path(tmp_path_factory) -> str:
 
 def require_reference(path: pathlib.Path) -> pathlib.Path:
     if not path.exists():
-        pytest.fail(f"reference data missing at {path}: ../shared must sit beside the checkout")
+        pytest.fail(f"reference data missing at {path}: the repository's tests/data is incomplete")
     return path
 
 
 @pytest.fixture(scope="session")
 def tiny_sd_path(tmp_path_factory) -> pathlib.Path:
     """The paper-reference tiny SD (SD 1.x layout: heads given, conv projections), copied so
-    nothing writes beside ../shared."""
+    nothing writes into the repository."""
     target = tmp_path_factory.mktemp("models") / "tiny-sd"
     shutil.copytree(require_reference(TINY_SD), target)
     return target

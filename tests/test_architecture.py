@@ -1,4 +1,4 @@
-"""The package's shape (DESIGN.md 2): floors without import cycles, one owner per rule, one
+"""The package's shape (docs/architecture.md, The shape of the code): floors without import cycles, one owner per rule, one
 settings schema that generates the command line, the web form and the pipeline's arguments."""
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def subset_row(name):
 
 BLANK = subset_row("")
 
-# The official LOVEU-TGVE-2023_Dataset.csv form (DESIGN.md 6): header first, "<Subset> Videos:" rows.
+# The official LOVEU-TGVE-2023_Dataset.csv form (docs/architecture.md, The method (evaluation)): header first, "<Subset> Videos:" rows.
 OFFICIAL_ROWS = [subset_row("DAVIS Videos:"), prompts("dog"), BLANK, subset_row("Videvo Videos:"), prompts("car")]
 
 

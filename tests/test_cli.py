@@ -1,6 +1,6 @@
 """Tests for the ``flatten-video edit`` command, run in-process through ``flatten_video.cli.main``.
 
-The end-to-end runs use the tiny random-weight Stable Diffusion from ../shared and DIS flow, so they need
+The end-to-end runs use the tiny random-weight Stable Diffusion from tests/data and DIS flow, so they need
 neither the network nor pretrained weights. User errors must come out as one line on stderr, a non-zero
 exit status, no traceback and no file left behind; ``--debug`` raises instead.
 """

@@ -1,4 +1,4 @@
-"""ControlNets in the FLATTEN edit and ControlVideo-style editing (DESIGN.md 5), with a tiny random
+"""ControlNets in the FLATTEN edit and ControlVideo-style editing (docs/architecture.md, Plug-ins), with a tiny random
 ControlNet built from the tiny U-Net, offline."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The editing pipeline on tiny random Stable Diffusion models (DESIGN.md 1, steps 5-7)."""
+"""The editing pipeline on tiny random Stable Diffusion models (docs/architecture.md, The method, steps 5-7)."""
 
 import inspect
 import logging
@@ -15,7 +15,7 @@ from flatten_video import FlattenPipeline, Trajectories
 from flatten_video.models import InjectionSpec, available_memory
 from flatten_video.pipelines import FlattenInversion, ModelLoadError
 
-#: The paper's injection points on SD 1.x/2.x (DESIGN.md 1.6), named as its code names them.
+#: The paper's injection points on SD 1.x/2.x (docs/architecture.md, The method, step 6), named as its code names them.
 RESNET_POINTS = ("up_blocks.1.resnets.0", "up_blocks.1.resnets.1", "up_blocks.2.resnets.0")
 ATTENTION_POINTS = tuple(
     f"{block}.transformer_blocks.0.attn1"

@@ -1,4 +1,4 @@
-"""FLATTEN on SDXL (DESIGN.md 5): a tiny random SDXL checkpoint, offline, through the pipeline and
+"""FLATTEN on SDXL (docs/architecture.md, Plug-ins): a tiny random SDXL checkpoint, offline, through the pipeline and
 the command line."""
 
 from __future__ import annotations

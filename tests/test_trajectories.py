@@ -1,4 +1,4 @@
-"""Trajectory sampling against a per-cell loop reference, and the rules of DESIGN.md 1.3."""
+"""Trajectory sampling against a per-cell loop reference, and the rules of docs/architecture.md, The method, step 3."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from flatten_video.trajectories import Trajectories, grid_flow, sample_trajector
 
 
 def reference_labels(flows: torch.Tensor, size, generator: torch.Generator) -> torch.Tensor:
-    """Obviously-correct per-cell version of DESIGN.md 1.3.
+    """Obviously-correct per-cell version of docs/architecture.md, The method, step 3.
 
     Draws the same random priorities as the library (a permutation over the source cells,
     numbered video-wide) and lets the highest-priority source of every target continue.

@@ -1,4 +1,4 @@
-"""Long clips in co-denoising windows (DESIGN.md 4): the plan, clip-wide trajectories seen from a
+"""Long clips in co-denoising windows (docs/architecture.md, Long clips): the plan, clip-wide trajectories seen from a
 window, anchors, features per window, several processes, and the command line."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Condition maps for ControlNets, one per source frame (DESIGN.md 5).
+"""Condition maps for ControlNets, one per source frame (docs/architecture.md, Plug-ins).
 
 ``canny`` runs OpenCV (no weights); ``depth``, ``hed``, ``lineart`` and ``openpose`` run the
 ``controlnet_aux`` detectors, whose weights come from the Hugging Face hub the first time. Maps

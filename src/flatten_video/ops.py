@@ -1,5 +1,5 @@
 """Attention as pure tensor functions: the dense attention FLATTEN follows and the flow-guided
-attention it adds (DESIGN.md 1.4). No module state; the processors in
+attention it adds (docs/architecture.md, The method, step 4). No module state; the processors in
 :mod:`flatten_video.models.attention` call these."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Patch trajectories sampled from optical flow (DESIGN.md 1.3).
+"""Patch trajectories sampled from optical flow (docs/architecture.md, The method, step 3).
 
 A trajectory is a chain of latent cells, one per frame in consecutive frames, that the flow
 carries into one another. The trajectories of a video partition its cells: every cell lies on
@@ -68,7 +68,7 @@ class Trajectories:
         """The trajectories seen by a batch holding only ``frames`` (K,), in that order.
 
         Every trajectory keeps its cells in those frames, so a token attends to the tokens of its
-        own trajectory that are in the batch (DESIGN.md 4): a window of a long clip, with anchor
+        own trajectory that are in the batch (docs/architecture.md, Long clips): a window of a long clip, with anchor
         frames from elsewhere in the clip, uses the clip-wide trajectories this way. The frames
         need not be consecutive, so the result's trajectories may skip frames.
         """
@@ -171,7 +171,7 @@ def _check_flows(flows: torch.Tensor, size: tuple[int, int]) -> None:
 def sample_trajectories(
     flows: torch.Tensor, size: tuple[int, int], generator: torch.Generator | None = None
 ) -> Trajectories:
-    """Sample the trajectories of one latent grid from forward flows (DESIGN.md 1.3).
+    """Sample the trajectories of one latent grid from forward flows (docs/architecture.md, The method, step 3).
 
     Every cell (t, y, x) with t < F-1 points to (t+1, y+dy, x+dx) when that is inside the grid.
     When several cells point to the same target, one of them, chosen uniformly at random from

@@ -1,4 +1,4 @@
-"""Temporal co-denoising windows for long clips (DESIGN.md 4): which frames each window holds,
+"""Temporal co-denoising windows for long clips (docs/architecture.md, Long clips): which frames each window holds,
 which anchor frames join it, and how much each window's prediction counts for each frame.
 
 Windows of W frames overlap by O (the last one ends at the clip's end); inside an overlap the

@@ -127,7 +127,7 @@ FRAMES, DIFFUSION, METHOD, CONTROL = "Frames and size", "Diffusion", "Method (ab
 
 @dataclass
 class EditSettings:
-    """Every option of one edit; the defaults are the paper's (DESIGN.md 1.5-1.7)."""
+    """Every option of one edit; the defaults are the paper's (docs/architecture.md, The method, steps 5-7)."""
 
     prompt: str = option(
         "", "what the edited video should show", kwarg="prompt", sampling_only=True,

@@ -1,4 +1,4 @@
-"""The LOVEU-TGVE-2023 dataset (DESIGN.md 6): its captions CSV, its frame folders, and the
+"""The LOVEU-TGVE-2023 dataset (docs/architecture.md, The method (evaluation)): its captions CSV, its frame folders, and the
 (video, edit) items a benchmark run edits.
 
     DATA_DIR/LOVEU-TGVE-2023_Dataset.csv            captions, one row per video

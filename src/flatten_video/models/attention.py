@@ -1,4 +1,4 @@
-"""The modules FLATTEN swaps into a stock U-Net (DESIGN.md 1.4): the self-attention processor
+"""The modules FLATTEN swaps into a stock U-Net (docs/architecture.md, The method, step 4): the self-attention processor
 and the video-wide GroupNorm. :mod:`flatten_video.models.install` puts them in and takes them out.
 
 Frames are folded into the batch, ``(B*F, C, h, w)`` video-major, so the image U-Net runs as it is.

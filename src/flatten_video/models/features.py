@@ -1,4 +1,4 @@
-"""Plug-and-play feature injection (DESIGN.md 1.6): the store that records and hands back features.
+"""Plug-and-play feature injection (docs/architecture.md, The method, step 6): the store that records and hands back features.
 
 During inversion the source video's features are recorded at the timesteps that sampling will
 visit; during the first ``inject_steps`` of sampling they replace the freshly computed ones, in

@@ -1,4 +1,4 @@
-"""Where source features are injected (DESIGN.md 1.6), derived from a U-Net's config.
+"""Where source features are injected (docs/architecture.md, The method, step 6), derived from a U-Net's config.
 
 The paper names modules of SD 1.x/2.x: the residual branches of ``up_blocks.1.resnets.0/1`` and
 ``up_blocks.2.resnets.0``, and the self-attention query and key of ``up_blocks.1.attentions.1/2``,

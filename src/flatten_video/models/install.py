@@ -1,4 +1,4 @@
-"""Turning a stock diffusers U-Net into FLATTEN's video U-Net and back, in place (DESIGN.md 1.4).
+"""Turning a stock diffusers U-Net into FLATTEN's video U-Net and back, in place (docs/architecture.md, The method, step 4).
 
 :func:`install_flatten` changes three things, without forking diffusers:
 

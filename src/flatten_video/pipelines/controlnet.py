@@ -1,4 +1,4 @@
-"""ControlNets inside FLATTEN's edit (DESIGN.md 5): condition maps per frame steer every row of
+"""ControlNets inside FLATTEN's edit (docs/architecture.md, Plug-ins): condition maps per frame steer every row of
 the U-Net batch through the residuals a diffusers ``ControlNetModel`` (or several) computes.
 
 :class:`ControlNetMixin` adds the ControlNet to a FLATTEN pipeline through the U-Net seam

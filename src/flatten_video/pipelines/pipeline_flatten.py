@@ -1,4 +1,4 @@
-"""FLATTEN text-to-video editing on Stable Diffusion 1.x / 2.x (DESIGN.md 1, steps 1-7)."""
+"""FLATTEN text-to-video editing on Stable Diffusion 1.x / 2.x (docs/architecture.md, The method)."""
 
 from __future__ import annotations
 

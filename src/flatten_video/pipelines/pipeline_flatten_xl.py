@@ -1,4 +1,4 @@
-"""FLATTEN text-to-video editing on Stable Diffusion XL and its fine-tunes (DESIGN.md 5)."""
+"""FLATTEN text-to-video editing on Stable Diffusion XL and its fine-tunes (docs/architecture.md, Plug-ins)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One denoising evaluation of a clip, whole or in co-denoising windows (DESIGN.md 4).
+"""One denoising evaluation of a clip, whole or in co-denoising windows (docs/architecture.md, Long clips).
 
 :func:`plan_runs` turns a :class:`~flatten_video.models.FlattenConfig`'s window settings into
 windows ready for the U-Net (their frames, weights and clip-wide trajectories seen from their
