@@ -6,7 +6,6 @@ benchmark: :func:`prepare_source` reads and checks everything before a model loa
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -165,16 +164,15 @@ def control_images(clip: Video, settings: EditSettings) -> list[torch.Tensor]:
     return images
 
 
-def controlled(pipe, images: list[torch.Tensor] | None, settings: EditSettings):
-    """A block in which ``pipe``'s ControlNets steer inversion (if asked) and sampling with the
-    condition maps ``images`` (:func:`control_images`); nothing without ``--control``."""
+def control_kwargs(images: list[torch.Tensor] | None, settings: EditSettings) -> dict:
+    """The ControlNet arguments of ``invert_video`` and the pipeline call, with the condition maps
+    ``images`` (:func:`control_images`); none without ``--control``."""
     if not settings.control:
-        return contextlib.nullcontext()
-    return pipe.control_enabled(
-        images, num_inference_steps=settings.steps,
-        controlnet_conditioning_scale=settings.control_scale, control_guidance_start=settings.control_start,
-        control_guidance_end=settings.control_end, control_inversion=settings.control_inversion,
-        guess_mode=settings.guess_mode,
+        return {}
+    return dict(
+        control_image=images, controlnet_conditioning_scale=settings.control_scale,
+        control_guidance_start=settings.control_start, control_guidance_end=settings.control_end,
+        control_inversion=settings.control_inversion, guess_mode=settings.guess_mode,
     )
 
 
@@ -241,17 +239,19 @@ class PromptEdit:
 
 
 def invert_source(pipe, clip: Video, settings: EditSettings, cache_dir: str | os.PathLike | None = None,
-                  write: bool = True, flows: torch.Tensor | None = None) -> EditStart:
+                  write: bool = True, flows: torch.Tensor | None = None,
+                  controls: list[torch.Tensor] | None = None) -> EditStart:
     """The start every prompt of an edit samples from (the paper's method: the inversion): from
     ``cache_dir`` when it holds one for these frames, model and settings, else made now (and kept
-    there when ``write``). ``flows``: the source's forward flows when already estimated."""
+    there when ``write``). ``flows``: the source's forward flows when already estimated;
+    ``controls``: the condition maps of the ``--control`` options (:func:`control_images`)."""
     cache = InversionCache(cache_dir) if cache_dir is not None else None
     entry = cache.path(pipe, clip.frames, settings) if cache else None
     inversion = cache.load(entry) if cache else None
     if inversion is None:
         generator = torch.Generator(device="cpu").manual_seed(settings.seed)
         inversion = pipe.invert_video(clip.frames, generator=generator, flows=flows,
-                                      **settings.pipeline_kwargs(for_inversion=True))
+                                      **settings.pipeline_kwargs(for_inversion=True), **control_kwargs(controls, settings))
         if cache and write:
             inversion.save(entry)
     return inversion
@@ -299,29 +299,28 @@ def edit_prompts(
         clip = prepare_source(video, dataclasses.replace(settings, prompt=prompts[0] if prompts else ""), outputs)
     if settings.control and controls is None:
         controls = control_images(clip, settings)
-    device = pipe._execution_device
-    with controlled(pipe, controls, settings):
-        if inversion is None:
-            inversion = invert_source(pipe, clip, settings, cache_dir, write)
-        for index, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
-            if on_prompt is not None:
-                on_prompt(index, prompt)
-            timings: dict[str, float] = {}
-            try:
-                generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-                kwargs = dataclasses.replace(settings, prompt=prompt).sampling_kwargs()
-                with timed(timings, "sample", device):
-                    latents = pipe(clip.frames, generator=generator, inversion=inversion, output_type="latent",
-                                   callback_on_step_end=callback_on_step_end, **kwargs).frames
-                with timed(timings, "decode", device):
-                    frames = pipe.decode_latents(latents)
-                check_finite_frames(frames, pipe)
-                written = pathlib.Path(output)
-                if write:
-                    with timed(timings, "write", device):
-                        written = write_video(frames, output, fps=settings.fps or clip.fps,
-                                              side_by_side=clip.frames if settings.side_by_side else None)
-            except Exception as error:  # noqa: BLE001 - reported per prompt; the others still run
-                yield PromptEdit(index, prompt, pathlib.Path(output), error)
-                continue
-            yield PromptEdit(index, prompt, written, frames=frames, timings=timings)
+    device, control = pipe._execution_device, control_kwargs(controls, settings)
+    if inversion is None:
+        inversion = invert_source(pipe, clip, settings, cache_dir, write, controls=controls)
+    for index, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
+        if on_prompt is not None:
+            on_prompt(index, prompt)
+        timings: dict[str, float] = {}
+        try:
+            generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+            kwargs = dataclasses.replace(settings, prompt=prompt).sampling_kwargs()
+            with timed(timings, "sample", device):
+                latents = pipe(clip.frames, generator=generator, inversion=inversion, output_type="latent",
+                               callback_on_step_end=callback_on_step_end, **kwargs, **control).frames
+            with timed(timings, "decode", device):
+                frames = pipe.decode_latents(latents)
+            check_finite_frames(frames, pipe)
+            written = pathlib.Path(output)
+            if write:
+                with timed(timings, "write", device):
+                    written = write_video(frames, output, fps=settings.fps or clip.fps,
+                                          side_by_side=clip.frames if settings.side_by_side else None)
+        except Exception as error:  # noqa: BLE001 - reported per prompt; the others still run
+            yield PromptEdit(index, prompt, pathlib.Path(output), error)
+            continue
+        yield PromptEdit(index, prompt, written, frames=frames, timings=timings)

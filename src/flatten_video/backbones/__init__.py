@@ -2,5 +2,6 @@
 
 from .base import BACKBONES, Backbone, backbone_for, register_backbone
 from .unet2d import UNet2DBackbone, fold_frames, unfold_frames
+from .wan import WanBackbone
 
-__all__ = ["BACKBONES", "Backbone", "UNet2DBackbone", "backbone_for", "fold_frames", "register_backbone", "unfold_frames"]
+__all__ = ["BACKBONES", "Backbone", "UNet2DBackbone", "WanBackbone", "backbone_for", "fold_frames", "register_backbone", "unfold_frames"]

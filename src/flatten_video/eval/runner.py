@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import groupby
 
-from ..app.editing import control_images, controlled, edit_prompts, invert_source, prepare_source
+from ..app.editing import control_images, edit_prompts, invert_source, prepare_source
 from ..app.runtime import check_runtime, default_device, error_line, load_pipeline, resolve_dtype
 from ..app.settings import EditSettings, RuntimeSettings, add_arguments
 from ..flow import FLOW_METHODS, estimate_flow
@@ -173,8 +173,7 @@ def prepare_video(pipe, item: Item, settings: EditSettings, device: str) -> Prep
         options = dict(method=settings.flow, device=device, progress=False)
         flows = (estimate_flow(clip.frames, **options), estimate_flow(clip.frames.flip(0), **options).flip(0))
     controls = control_images(clip, settings) if settings.control else None
-    with controlled(pipe, controls, settings):
-        inversion = invert_source(pipe, clip, settings, flows=flows[0])
+    inversion = invert_source(pipe, clip, settings, flows=flows[0], controls=controls)
     return PreparedVideo(clip, inversion, flows, {**timings, **inversion.timings}, controls)
 
 

@@ -33,6 +33,8 @@ class FlattenConfig:
             For an image VAE latent frames are source frames.
         overlap: latent frames shared by consecutive windows.
         anchors: latent frames spread over the clip that join every window's attention.
+        blocks: for a transformer backbone, the blocks whose self-attention runs flow-guided
+            attention (None: every block); a U-Net uses ``levels`` instead.
     """
 
     attention_mode: str = defaults.ATTENTION_MODE
@@ -41,6 +43,7 @@ class FlattenConfig:
     window: int = defaults.WINDOW
     overlap: int = defaults.OVERLAP
     anchors: int = defaults.ANCHORS
+    blocks: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_choice("attention mode", self.attention_mode, ATTENTION_MODES)
@@ -51,6 +54,12 @@ class FlattenConfig:
         for level in levels:
             check_at_least("a flatten level", level, 0)
         object.__setattr__(self, "levels", tuple(sorted(set(levels))))
+        if self.blocks is not None:
+            if not self.blocks:
+                raise ValueError("blocks must name at least one transformer block, or be None for every block")
+            for block in self.blocks:
+                check_at_least("a flatten block", block, 0)
+            object.__setattr__(self, "blocks", tuple(sorted(set(self.blocks))))
         check_windows(self.window, self.overlap, self.anchors)
 
     @property
@@ -63,7 +72,9 @@ class FlattenConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "FlattenConfig":
-        return cls(**{**values, "levels": tuple(values.get("levels", (0,)))})
+        blocks = values.get("blocks")
+        return cls(**{**values, "levels": tuple(values.get("levels", (0,))),
+                      "blocks": None if blocks is None else tuple(blocks)})
 
     def windowed(self, num_latent_frames: int) -> bool:
         """Whether a clip of ``num_latent_frames`` latent frames is edited in windows rather than whole."""
@@ -86,6 +97,7 @@ class FlattenContext:
             window of a long clip; None when it holds the whole clip.
         phase: ``"inversion"`` or ``"sampling"`` while a pipeline runs one, for plug-ins whose
             behaviour differs between them (a ControlNet during inversion).
+        blocks: the transformer blocks with flow-guided attention (None: every block).
     """
 
     num_latent_frames: int = 1
@@ -95,13 +107,15 @@ class FlattenContext:
     features: "FeatureStore | None" = None
     window_frames: "torch.Tensor | None" = None
     phase: str = ""
+    blocks: "tuple[int, ...] | None" = None
 
     def __post_init__(self) -> None:
         FlattenConfig(self.attention_mode, self.variant)  # one owner for both names' rules
 
     @classmethod
     def from_config(cls, config: FlattenConfig, num_latent_frames: int, trajectories=None, features=None) -> "FlattenContext":
-        return cls(num_latent_frames, config.attention_mode, config.variant, dict(trajectories or {}), features)
+        return cls(num_latent_frames, config.attention_mode, config.variant, dict(trajectories or {}), features,
+                   blocks=config.blocks)
 
     @property
     def dense_temporal(self) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
+from .. import defaults
 from ..validation import check_fraction_window
 from .conditioning import Conditioning
 from .schedule import sampling_timesteps
@@ -68,7 +69,7 @@ class ControlNetMixin:
         self.register_modules(controlnet=controlnet)
 
     @contextmanager
-    def control_enabled(
+    def _control_enabled(
         self,
         control_image,
         *,
@@ -142,6 +143,22 @@ class ControlNetMixin:
             mid_block_additional_residual=mid.to(sample.dtype) * weight,
         )
 
+    def invert_video(self, video, *, control_image=None, controlnet_conditioning_scale: float | list[float] = 1.0,
+                     control_guidance_start: float = 0.0, control_guidance_end: float = 1.0, guess_mode: bool = False,
+                     control_inversion: bool = False, **kwargs):
+        """:meth:`FlattenMixin.invert_video`, steered by the ControlNet when ``control_inversion``
+        (the ControlNet arguments as for ``__call__``; without ``control_image`` the inversion is
+        the plain one, as it is whenever ``control_inversion`` is off)."""
+        if control_image is None:
+            return super().invert_video(video, **kwargs)
+        steps = kwargs.get("num_inference_steps", defaults.NUM_INFERENCE_STEPS)
+        with self._control_enabled(
+            control_image, num_inference_steps=steps, controlnet_conditioning_scale=controlnet_conditioning_scale,
+            control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,
+            guess_mode=guess_mode, control_inversion=control_inversion,
+        ):
+            return super().invert_video(video, **kwargs)
+
     def __call__(
         self,
         video=None,
@@ -156,7 +173,8 @@ class ControlNetMixin:
         control_inversion: bool = False,
         **kwargs,
     ):
-        """The FLATTEN edit (:meth:`FlattenMixin.__call__`, same arguments) steered by the ControlNet.
+        """The FLATTEN edit (:meth:`FlattenMixin.__call__`, same arguments) steered by the ControlNet:
+        the one way to switch it on (``invert_video`` takes the same arguments).
 
         Args:
             control_image: condition maps of the source frames, (F, 3, H, W) in [0, 1] (see
@@ -167,12 +185,10 @@ class ControlNetMixin:
             control_inversion: steer inversion too (default: sampling only).
         """
         if control_image is None:
-            if self._control is not None:  # enabled by the caller around this call (control_enabled)
-                return super().__call__(video, prompt, negative_prompt, **kwargs)
             raise ValueError("give control_image: the condition maps of the source frames")
         # The schedule the edit will run (the caller's, the inversion's or the paper's): the window's unit.
         steps = self.resolve_edit(kwargs.get("inversion"), num_inference_steps=kwargs.get("num_inference_steps"))[1]["num_inference_steps"]
-        with self.control_enabled(
+        with self._control_enabled(
             control_image, num_inference_steps=steps, controlnet_conditioning_scale=controlnet_conditioning_scale,
             control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,
             guess_mode=guess_mode, control_inversion=control_inversion,
