@@ -37,6 +37,8 @@ _EXPORTS = {
     "EditStart": ".pipelines",
     "FlattenControlNetPipeline": ".pipelines",
     "FlattenSDXLControlNetPipeline": ".pipelines",
+    "FlattenWanPipeline": ".pipelines",
+    "WanBackbone": ".backbones",
     "FlattenInversion": ".pipelines",
     "register_method": ".pipelines",
     "compose_flows": ".latent_frames",
@@ -58,7 +60,9 @@ __all__ = [
     "EditStart",
     "FlattenControlNetPipeline",
     "FlattenSDXLControlNetPipeline",
+    "FlattenWanPipeline",
     "UNet2DBackbone",
+    "WanBackbone",
     "compose_flows",
     "register_backbone",
     "register_method",
@@ -100,7 +104,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from .backbones import Backbone, UNet2DBackbone, register_backbone
+    from .backbones import Backbone, UNet2DBackbone, WanBackbone, register_backbone
     from .choices import ATTENTION_MODES, FLATTEN_VARIANTS
     from .latent_frames import compose_flows
     from .flow import estimate_flow

@@ -69,6 +69,10 @@ def check_runtime(runtime, settings=None) -> str:
         check_lora(lora)
     if not is_single_file(runtime.model):  # a single file's base configs: load_single_file says what it lacks
         hub_kwargs(runtime.model, "model_index.json", "the model")
+        if getattr(pipeline_class(runtime.model), "sampler", "ddim") != "ddim":
+            raise ValueError(f"{runtime.model} is a flow-matching video model (Wan): this version edits it from Python "
+                             "(flatten_video.FlattenWanPipeline, method 'flowedit'); the command line, page and bench "
+                             "take Stable Diffusion checkpoints")
     if settings is not None:
         for (kind, _), name in zip(settings.controls, check_controlnets(runtime.model, settings.controls), strict=True):
             hub_kwargs(name, "config.json", f"the {kind} ControlNet")

@@ -7,6 +7,7 @@ from .methods import METHODS, EditMethod, EditRequest, register_method
 from .mixin import FlattenMixin
 from .output import FlattenPipelineOutput, ModelLoadError
 from .pipeline_flatten import FlattenPipeline
+from .pipeline_flatten_wan import FlattenWanPipeline
 from .pipeline_flatten_xl import FlattenSDXLPipeline
 from .registry import PIPELINES, pipeline_for_index
 
@@ -22,6 +23,7 @@ __all__ = [
     "FlattenPipelineOutput",
     "FlattenSDXLControlNetPipeline",
     "FlattenSDXLPipeline",
+    "FlattenWanPipeline",
     "METHODS",
     "ModelLoadError",
     "PIPELINES",

@@ -34,7 +34,7 @@ from ..windows import anchor_frames
 from .codec import decode_frames, encode_frames
 from .conditioning import Conditioning, stack_rows
 from .inversion import EditStart, FlattenInversion
-from .methods import EditRequest, get_method
+from .methods import METHODS, EditRequest, get_method
 from .output import OUTPUT_TYPES, FlattenPipelineOutput, frames_to_output, frames_to_tensor
 from .samplers import ddim_sample
 from .schedule import check_schedule, resolve_edit, sampling_timesteps
@@ -63,6 +63,13 @@ class FlattenMixin:
 
     #: The component FLATTEN changes (its backbone is looked up by its class).
     denoiser_name: str = "unet"
+    #: The sampler this pipeline runs; it takes the editing methods made for it.
+    sampler: str = "ddim"
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The editing methods this pipeline runs (:data:`~flatten_video.pipelines.methods.METHODS`)."""
+        return tuple(name for name, method in METHODS.items() if method.sampler == self.sampler)
 
     @property
     def backbone(self) -> Backbone:
@@ -306,7 +313,7 @@ class FlattenMixin:
         (``pipe(inversion=..., prompt=...)`` or :meth:`sample`) and saved with :meth:`EditStart.save`.
         """
         frames = frames_to_tensor(video)
-        method = _method_name(method, init)
+        method = self._method_name(method, init)
         levels = self.default_config().levels if flatten_levels is None else tuple(flatten_levels)
         config = FlattenConfig(attention_mode, flatten_variant, levels, window, overlap, anchors)
         request = EditRequest(
@@ -317,6 +324,16 @@ class FlattenMixin:
         )
         self._check_request(request, method)
         return self._make_start(request, method)
+
+    def _method_name(self, method: str, init: str | None = None) -> str:
+        """``method``, or ``init`` (its earlier name) when that is given; one this pipeline runs."""
+        if init is not None:
+            if method not in (init, defaults.METHOD):
+                raise ValueError(f"method={method!r} and init={init!r} disagree: give one of them")
+            method = init
+        get_method(method)  # a known one
+        check_choice(f"method for {type(self).__name__}", method, self.methods)
+        return method
 
     def _check_request(self, request: EditRequest, method: str) -> None:
         self.check_inputs(
@@ -543,7 +560,7 @@ class FlattenMixin:
         check_choice("output_type", output_type, OUTPUT_TYPES)
         if decode_chunk_size is not None:
             check_at_least("decode_chunk_size", decode_chunk_size, 1)
-        method = _method_name(method, init)
+        method = self._method_name(method, init)
         config, steps = self.resolve_edit(
             inversion, attention_mode=attention_mode, flatten_variant=flatten_variant, flatten_levels=flatten_levels,
             window=window, overlap=overlap, anchors=anchors, num_inference_steps=num_inference_steps,
@@ -571,13 +588,3 @@ class FlattenMixin:
         result = edited if output_type == "latent" else frames_to_output(self.decode_latents(edited, decode_chunk_size), output_type)
         self.maybe_free_model_hooks()
         return FlattenPipelineOutput(frames=result) if return_dict else (result,)
-
-
-def _method_name(method: str, init: str | None) -> str:
-    """``method``, or ``init`` (its earlier name) when that is given; checked against the registry."""
-    if init is not None:
-        if method not in (init, defaults.METHOD):
-            raise ValueError(f"method={method!r} and init={init!r} disagree: give one of them")
-        method = init
-    get_method(method)  # a known one
-    return method

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .mixin import FlattenMixin
 from .pipeline_flatten import FlattenPipeline
+from .pipeline_flatten_wan import FlattenWanPipeline
 from .pipeline_flatten_xl import FlattenSDXLPipeline
 
 
@@ -27,6 +28,11 @@ class PipelineEntry:
     family: str
     denoiser: tuple[str, str]
     requires: tuple[str, ...] = ()
+    refuses: tuple[tuple[str, str], ...] = ()
+
+    def refusal(self, index: dict) -> str | None:
+        """Why a checkpoint of this denoiser cannot be edited (it needs inputs the edit lacks), or None."""
+        return next((why for component, why in self.refuses if index.get(component) not in (None, [None, None])), None)
 
     def matches(self, index: dict) -> bool:
         component, cls = self.denoiser
@@ -39,6 +45,10 @@ class PipelineEntry:
 PIPELINES: list[PipelineEntry] = [
     PipelineEntry(FlattenSDXLPipeline, "Stable Diffusion XL", ("unet", "UNet2DConditionModel"), ("text_encoder_2",)),
     PipelineEntry(FlattenPipeline, "Stable Diffusion 1.x/2.x", ("unet", "UNet2DConditionModel")),
+    PipelineEntry(FlattenWanPipeline, "Wan 2.1 text-to-video", ("transformer", "WanTransformer3DModel"), refuses=(
+        ("image_encoder", "an image-to-video checkpoint, which needs an image to start from"),
+        ("transformer_2", "a two-expert Wan 2.2 checkpoint, which this version does not run yet"),
+    )),
 ]
 
 
@@ -54,6 +64,9 @@ def pipeline_for_index(index: dict) -> type[FlattenMixin]:
         return FlattenPipeline
     for entry in PIPELINES:
         if entry.matches(index):
+            why = entry.refusal(index)
+            if why:
+                raise ValueError(f"flatten-video cannot edit with {index.get('_class_name', 'this checkpoint')}: it is {why}")
             return entry.pipeline
     denoisers = [f"{name} ({value[1]})" for name, value in index.items()
                  if isinstance(value, (list, tuple)) and len(value) == 2 and name in ("unet", "transformer")]

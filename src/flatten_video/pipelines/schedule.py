@@ -86,3 +86,19 @@ def resolve_edit(inversion, base_config, asked_config: dict, asked_steps: dict):
     if inversion is not None:
         inversion.check_compatible(config, **steps)
     return config, steps
+
+
+def flow_scheduler(config: dict):
+    """The flow-matching Euler scheduler of a checkpoint's scheduler config of any kind, its shift
+    kept (Wan's released configs are UniPC with ``flow_shift``; FlowEdit and the ODE inversion
+    take plain Euler steps along the same shifted levels)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    shift = config.get("flow_shift") or config.get("shift") or 1.0
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000), shift=shift)
+
+
+def flow_schedule(scheduler, num_inference_steps: int) -> tuple[list[float], list[float]]:
+    """(timesteps, levels) of a flow-matching schedule: N timesteps and N + 1 levels ending at 0."""
+    scheduler.set_timesteps(num_inference_steps)
+    return [float(t) for t in scheduler.timesteps], [float(s) for s in scheduler.sigmas]

@@ -62,10 +62,13 @@ class EditMethod:
         name: the method's name (``--method``).
         options: the :class:`EditRequest` fields only this method reads; the others' rules are
             not checked for it (a noise start inverts nothing, so its inversion steps do not matter).
+        sampler: the sampler that edits from its start: ``"ddim"`` (the Stable Diffusion
+            pipelines) or ``"flow"`` (flow-matching models: Wan).
     """
 
     name: ClassVar[str]
     options: ClassVar[tuple[str, ...]] = ()
+    sampler: ClassVar[str] = "ddim"
 
     def trajectory_levels(self, config: FlattenConfig) -> tuple[int, ...]:
         """The levels whose trajectories the method needs: the config's where flow-guided
