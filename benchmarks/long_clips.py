@@ -1,6 +1,6 @@
 """Long clips: one denoising step, the exact method vs co-denoising windows, side by side.
 
-The tiny random Stable Diffusion of ../shared/reference-cases (the cost's shape in frames does not
+The tiny random Stable Diffusion of tests/data/reference-cases (the cost's shape in frames does not
 depend on the weights), frames of 128x128 px (16x16 latents), DSTA + FLATTEN on the latent grid,
 one U-Net evaluation of one video at t=501 (an inversion step; sampling runs 2 or 3 such rows).
 Windows of 32 frames overlapping by 8, with 2 anchors. For each clip length it prints the time per
@@ -27,7 +27,7 @@ from flatten_video import FlattenConfig, FlattenPipeline, sample_trajectories
 from flatten_video.pipelines import Conditioning
 from flatten_video.pipelines.windowing import denoise, plan_runs
 
-TINY_SD = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference-cases" / "tiny-sd"
+TINY_SD = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "reference-cases" / "tiny-sd"
 SIZE = 128
 
 

@@ -26,7 +26,7 @@ FRAMES, LATENT, STEPS, INJECTED = 32, 64, 50, 40
 def main() -> None:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD21_UNET).eval()
-    context = FlattenContext(num_frames=1, features=FeatureStore(storage_dtype=torch.float16))
+    context = FlattenContext(num_latent_frames=1, features=FeatureStore(storage_dtype=torch.float16))
     install_flatten(unet, context)
     with torch.no_grad(), context.features.capturing(981):
         unet(torch.randn(1, 4, 8, 8), 981, encoder_hidden_states=torch.randn(1, 77, 1024))

@@ -56,7 +56,7 @@ def unet_call(spec: dict, frames: int, size: int, rows: int, dtype, device: str,
     if mode in ("flatten", "dsta+flatten"):
         cells = sample_trajectories(smooth_flows(frames, size, size), (latent, latent), torch.Generator().manual_seed(0))
         trajectories = {(latent, latent): cells.to(device)}
-    install_flatten(unet, FlattenContext(num_frames=frames, attention_mode=mode, trajectories=trajectories))
+    install_flatten(unet, FlattenContext(num_latent_frames=frames, attention_mode=mode, trajectories=trajectories))
     sample = torch.randn(rows * frames, 4, latent, latent, device=device, dtype=dtype)
     text = torch.randn(rows * frames, 77, spec["unet"]["cross_attention_dim"], device=device, dtype=dtype)
     attention = efficient_attention() if device == "meta" else contextlib.nullcontext()
@@ -94,7 +94,7 @@ def check_one(spec: dict, frames: int, size: int) -> dict:
     unet = UNet2DConditionModel.from_config(spec["unet"]).eval()
     latent = size // 8
     cells = sample_trajectories(smooth_flows(frames, size, size), (latent, latent), torch.Generator().manual_seed(0))
-    install_flatten(unet, FlattenContext(num_frames=frames, trajectories={(latent, latent): cells}))
+    install_flatten(unet, FlattenContext(num_latent_frames=frames, trajectories={(latent, latent): cells}))
     sample, text = torch.randn(2 * frames, 4, latent, latent), torch.randn(2 * frames, 77, spec["unet"]["cross_attention_dim"])
     with torch.no_grad():
         with PeakMemory() as measured:

@@ -3,7 +3,7 @@ U-Net calls, attention FLOPs and FLOP/s, and peak memory, side by side for sever
 
 Timing and memory do not depend on the weights' values, so nothing is downloaded: the U-Net, VAE
 and text encoder are built from the published configs kept in ``benchmarks/configs/`` (``tiny`` is
-the random tiny SD of ../shared/reference-cases). The edit goes through the pipeline's public path:
+the random tiny SD of tests/data/reference-cases). The edit goes through the pipeline's public path:
 ``invert_video`` (DIS flow, trajectories, VAE encoding, inversion), ``sample``, ``decode_latents``.
 
     python benchmarks/pipeline.py --arch sd21 --frames 4 --width 256 --height 256 --steps 2 \\
@@ -32,7 +32,7 @@ from flatten_video.pipelines import Conditioning
 from flatten_video.timing import timed
 
 HERE = pathlib.Path(__file__).resolve().parent
-TINY_SD = HERE.parents[1] / "shared" / "reference-cases" / "tiny-sd"
+TINY_SD = HERE.parent / "tests" / "data" / "reference-cases" / "tiny-sd"
 ARCHS = ("tiny", "sd15", "sd21", "sdxl")
 
 

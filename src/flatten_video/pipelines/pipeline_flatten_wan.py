@@ -18,7 +18,7 @@ from diffusers import AutoencoderKLWan, DiffusionPipeline, WanTransformer3DModel
 from ..validation import check_at_least, check_choice, check_text
 from .conditioning import Conditioning
 from .inversion import EditStart
-from .loading import LoraLoadingMixin, _one_line
+from .loading import _one_line
 from .methods import EditRequest
 from .mixin import FlattenMixin
 from .output import OUTPUT_TYPES, FlattenPipelineOutput, ModelLoadError, frames_to_output, frames_to_tensor
@@ -31,7 +31,7 @@ WAN_DEFAULTS = dict(num_frames=81, height=480, width=832, fps=16, num_inference_
                     guidance_scale=5.0, source_guidance_scale=3.0, max_sequence_length=512)
 
 
-class FlattenWanPipeline(DiffusionPipeline, LoraLoadingMixin, FlattenMixin):
+class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
     """Video-to-video editing of Wan 2.1 text-to-video checkpoints with FlowEdit and FLATTEN.
 
     Args:
@@ -55,7 +55,6 @@ class FlattenWanPipeline(DiffusionPipeline, LoraLoadingMixin, FlattenMixin):
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                               scheduler=scheduler)
         self.vae_scale_factor = vae.config.scale_factor_spatial
-        self.loras: list[tuple[str, float]] = []
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "FlattenWanPipeline":
