@@ -6,6 +6,7 @@ temporary folder, so RAFT weights are never found and never downloaded.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
 import shutil
@@ -14,6 +15,7 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="flatten-video-torch-home-")
+atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], True)  # a test run leaves nothing in $TMPDIR
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
