@@ -409,15 +409,21 @@ class FlattenMixin:
                         noise = uncond + guidance_scale * (cond - uncond)
                     return noise
 
-                def callback(index, t, latents):
-                    if callback_on_step_end is not None:
-                        update = callback_on_step_end(self, index, t, {"latents": latents})
-                        if update and "latents" in update:
-                            return update["latents"]
-                    return latents
-
                 return ddim_sample(model, latents, self.scheduler, timesteps, eta=eta, generator=generator,
-                                   callback=callback)
+                                   callback=self._step_callback(callback_on_step_end))
+
+    def _step_callback(self, callback_on_step_end: Callable | None):
+        """diffusers' ``callback_on_step_end(pipe, step, timestep, {"latents": ...})`` as a sampler's
+        ``callback(index, t, latents)``: a returned dict may replace the latents."""
+
+        def callback(index, t, latents):
+            if callback_on_step_end is not None:
+                update = callback_on_step_end(self, index, t, {"latents": latents})
+                if update and "latents" in update:
+                    return update["latents"]
+            return latents
+
+        return callback
 
     def _sampling_noise(
         self, inversion: EditStart, context: FlattenContext, runs: list[WindowRun], step: int, t: int,

@@ -185,15 +185,9 @@ class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
                 def target_velocity(z, index, t):
                     return guided(evaluate(z.expand(target_rows.num_rows, *z.shape[1:]), target_rows, t), guidance_scale)
 
-                def callback(index, t, latents):
-                    if callback_on_step_end is not None:
-                        update = callback_on_step_end(self, index, t, {"latents": latents})
-                        if update and "latents" in update:
-                            return update["latents"]
-                    return latents
-
                 return flowedit(edit_velocities, target_velocity, source, timesteps, sigmas, n_max=n_max, n_min=n_min,
-                                n_avg=n_avg, generator=generator, callback=callback)
+                                n_avg=n_avg, generator=generator,
+                                callback=self._step_callback(callback_on_step_end))
 
     @torch.no_grad()
     def __call__(
