@@ -36,7 +36,7 @@ from .conditioning import Conditioning, stack_rows
 from .inversion import EditStart, FlattenInversion
 from .methods import METHODS, EditRequest, get_method
 from .output import OUTPUT_TYPES, FlattenPipelineOutput, frames_to_output, frames_to_tensor
-from .samplers import ddim_sample
+from .samplers import ddim_sample, guided
 from .schedule import check_schedule, resolve_edit, sampling_timesteps
 from .windowing import WindowRun, denoise, plan_runs, process_share
 
@@ -386,9 +386,8 @@ class FlattenMixin:
             (1, C, F', h, w) final latents.
         """
         latents = inversion.latents.to(self._execution_device)
-        guided = guidance_scale > 1.0
         rows = self._conditioning(prompt, latents)
-        if guided:
+        if guidance_scale > 1.0:
             rows = Conditioning.cat([self._conditioning(negative_prompt, latents), rows])
         injects = isinstance(inversion, FlattenInversion) and inversion.inject_steps > 0
         recompute = injects and inversion.feature_mode == "recompute"
@@ -404,10 +403,7 @@ class FlattenMixin:
 
                 def model(latents, index, t):
                     noise = self._sampling_noise(inversion, context, runs, index, t, latents, rows, source_row, bar)
-                    if guided:
-                        uncond, cond = noise.chunk(2)
-                        noise = uncond + guidance_scale * (cond - uncond)
-                    return noise
+                    return guided(noise, guidance_scale)
 
                 return ddim_sample(model, latents, self.scheduler, timesteps, eta=eta, generator=generator,
                                    callback=self._step_callback(callback_on_step_end))

@@ -22,7 +22,7 @@ from .loading import _one_line
 from .methods import EditRequest
 from .mixin import FlattenMixin
 from .output import OUTPUT_TYPES, FlattenPipelineOutput, ModelLoadError, frames_to_output, frames_to_tensor
-from .samplers import flowedit
+from .samplers import flowedit, guided
 from .schedule import flow_schedule, flow_scheduler
 from .windowing import denoise, plan_runs, process_share
 
@@ -110,18 +110,20 @@ class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
 
     # -- the edit ---------------------------------------------------------------------------------
 
-    def check_wan_inputs(self, method: str, attention_mode: str, frames: torch.Tensor | None, n_max: int, n_min: int,
-                         n_avg: int, num_inference_steps: int, source_prompt: str) -> None:
-        """Wan's rules, before any work: its methods and attention modes, the FlowEdit steps, and
-        frames the VAE and the patch fit (4k+1 frames, sides multiples of 16)."""
-        self._method_name(method)
-        check_choice("attention mode for Wan", attention_mode, self.attention_modes)
+    @staticmethod
+    def check_flowedit(n_max: int, n_min: int, n_avg: int, num_inference_steps: int) -> None:
+        """FlowEdit's steps: 0 <= n_min <= n_max <= num_inference_steps, at least one noise."""
         check_at_least("num_inference_steps", num_inference_steps, 1)
         check_at_least("n_avg", n_avg, 1)
         check_at_least("n_min", n_min, 0)
         if not n_min <= n_max <= num_inference_steps:
             raise ValueError(f"FlowEdit needs 0 <= n_min <= n_max <= num_inference_steps, got n_min={n_min}, "
                              f"n_max={n_max}, num_inference_steps={num_inference_steps}")
+
+    def check_source(self, attention_mode: str, frames: torch.Tensor, source_prompt: str) -> None:
+        """Wan's rules for a start, before any work: its attention modes and frames the VAE and
+        the patch fit (4k+1 frames, checked by :meth:`check_inputs`; sides multiples of 16)."""
+        check_choice("attention mode for Wan", attention_mode, self.attention_modes)
         check_text("the source prompt", source_prompt)
         if frames is not None:
             multiple = self.backbone.side_multiple
@@ -168,12 +170,6 @@ class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
                 def evaluate(batch, conditioning, t):
                     return denoise(self.predict_noise, context, runs, batch, t, conditioning,
                                    lambda run, rows: nullcontext(), bar.update)
-
-                def guided(velocity, scale):
-                    if scale <= 1.0:
-                        return velocity
-                    uncond, cond = velocity.chunk(2)
-                    return uncond + scale * (cond - uncond)
 
                 def edit_velocities(z_src, z_tar, index, t):
                     split = source_rows.num_rows
@@ -243,7 +239,7 @@ class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
         check_choice("output_type", output_type, OUTPUT_TYPES)
         method = self._method_name(method)
         frames = None if video is None else frames_to_tensor(video)
-        self.check_wan_inputs(method, attention_mode, frames, n_max, n_min, n_avg, num_inference_steps, source_prompt)
+        self.check_flowedit(n_max, n_min, n_avg, num_inference_steps)
         if inversion is None:
             if frames is None:
                 raise ValueError("give the source video, or a start made from it")
@@ -274,10 +270,12 @@ class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
         from ..models.context import FlattenConfig
 
         frames = frames_to_tensor(video)
+        self.check_source(attention_mode, frames, source_prompt)  # before the config, which would name another rule
         config = FlattenConfig(attention_mode, window=window, overlap=overlap, anchors=anchors, blocks=flatten_blocks)
+        check_at_least("num_inference_steps", num_inference_steps, 1)
+        self.check_inputs(frames, config=config, flow_method=flow_method, method=self._method_name(method),
+                          source_prompt=source_prompt)
         request = EditRequest(frames=frames, config=config, num_inference_steps=num_inference_steps, generator=generator,
                               flow_method=flow_method, trajectories=trajectories, latents=latents, flows=flows,
                               source_prompt=source_prompt)
-        self.check_inputs(frames, config=config, flow_method=flow_method, method=method, source_prompt=source_prompt)
-        self.check_wan_inputs(method, attention_mode, frames, num_inference_steps, 0, 1, num_inference_steps, source_prompt)
         return self._make_start(request, method)

@@ -9,6 +9,15 @@ from typing import Callable
 
 import torch
 
+def guided(prediction: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance of a prediction whose rows are (unconditional, conditional) halves;
+    the prediction itself when ``scale <= 1`` (no guidance rows were made)."""
+    if scale <= 1.0:
+        return prediction
+    uncond, cond = prediction.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
 #: model(latents (B, C, F', h, w), step index, timestep) -> noise prediction of the same shape.
 Model = Callable[[torch.Tensor, int, int], torch.Tensor]
 
