@@ -20,7 +20,7 @@ PACKAGE = pathlib.Path(flatten_video.__file__).parent
 #: Floors from the bottom; a module may import its own floor or lower ones only.
 FLOORS = [
     {"files", "validation", "timing", "video", "flow", "trajectories", "ops", "windows", "control_maps", "choices", "hub",
-     "defaults", "latent_frames"},
+     "defaults", "latent_frames", "families"},
     {"models"},
     {"backbones"},
     {"pipelines"},
@@ -137,17 +137,26 @@ def test_each_rule_message_is_written_once(fragment):
 # ----------------------------------------------------------------------------- the settings schema
 
 
-def test_every_edit_option_is_one_field_that_reaches_the_pipeline():
-    from flatten_video import FlattenPipeline
+@pytest.mark.parametrize("family", ["sd", "wan"])
+def test_every_edit_option_is_one_field_that_reaches_the_pipeline(family):
+    """Every option a family's checkpoints read, for any of its methods, is a keyword argument of
+    its pipeline's call and (unless it only samples) of its ``invert_video``."""
+    from flatten_video import FlattenPipeline, FlattenWanPipeline
+    from flatten_video.families import FAMILIES
 
-    call = inspect.signature(FlattenPipeline.__call__).parameters
-    invert = inspect.signature(FlattenPipeline.invert_video).parameters
-    settings = EditSettings(prompt="a cat")
+    pipeline = {"sd": FlattenPipeline, "wan": FlattenWanPipeline}[family]
+    assert pipeline.family == family
+    call = inspect.signature(pipeline.__call__).parameters
+    invert = inspect.signature(pipeline.invert_video).parameters
     for f, meta in options_of(EditSettings):
-        if meta.kwarg:
+        if meta.kwarg and any(meta.applies(family, method) for method in FAMILIES[family].methods):
             assert meta.kwarg in call, f.name
             assert (meta.kwarg in invert) != meta.sampling_only, f.name
-    assert set(settings.pipeline_kwargs(for_inversion=True)) <= set(invert)
+    for method in FAMILIES[family].methods:
+        settings = EditSettings.for_family(family, prompt="a cat", method=method)
+        assert set(settings.pipeline_kwargs(for_inversion=True)) <= set(invert)
+        assert set(settings.pipeline_kwargs()) <= set(call)
+    settings = EditSettings(prompt="a cat")
     assert settings.pipeline_kwargs()["num_inference_steps"] == 50 and settings.pipeline_kwargs()["prompt"] == "a cat"
     # The inversion depends on its settings, and on nothing a new prompt or guidance changes.
     identity = set(settings.inversion_identity())

@@ -105,7 +105,7 @@ register_method(SourcePlusNoise())
 def _unregister():
     yield
     BACKBONES.pop("ToyVideoDenoiser")
-    METHODS.pop("source-plus-noise")
+    METHODS.pop(("ddim", "source-plus-noise"))
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ a per-trajectory loop, the token grid, and installing for a call only (tiny rand
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import pytest
@@ -208,9 +209,13 @@ def test_the_output_has_the_frames_asked_for(wan_pipe):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(video_frames=8), "4k\\+1 frames"),
     (dict(width=72), "multiple of 16"),
-    (dict(method="inversion"), "method for FlattenWanPipeline"),
+    (dict(method="noise"), "method for FlattenWanPipeline"),
+    (dict(method="inversion"), "n_max is the flowedit method's; method='inversion' does not take it"),
+    (dict(inject_steps=2), "inject_steps is the inversion method's; method='flowedit' does not take it"),
     (dict(attention_mode="spatial"), "attention mode for Wan"),
     (dict(n_max=9), "n_min <= n_max <= num_inference_steps"),
+    (dict(window=8), "window 8 does not fit .* use 4k\\+1 frames \\(5 or 9\\)"),
+    (dict(window=5, overlap=2), "overlap 2 is not a whole number of latent frames: use a multiple of 4"),
 ])
 def test_bad_input_is_one_clear_line_before_any_work(wan_pipe, kwargs, message, monkeypatch):
     from conftest import moving_texture
@@ -239,14 +244,183 @@ def test_the_registry_picks_the_wan_pipeline_from_model_index(wan_pipe, tmp_path
         pipeline_for_index(i2v)
 
 
-def test_the_command_line_refuses_a_wan_checkpoint_in_one_line_before_loading(wan_pipe, tmp_path, capsys):
+# -- the command line on Wan ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def walk17(tmp_path_factory):
+    """A 17-frame 64x64 mp4 (5 latent frames at Wan's temporal factor 4)."""
     from conftest import moving_texture
-    from flatten_video import cli
     from flatten_video.video import write_video
 
-    source = write_video(moving_texture(frames=9, height=64, width=64), tmp_path / "walk.mp4", fps=8)
+    return write_video(moving_texture(frames=17, height=64, width=64, shift=2), tmp_path_factory.mktemp("walk") / "walk.mp4",
+                       fps=8)
+
+
+def wan_argv(video, output, model, *extra):
+    return ["edit", str(video), "-p", "a tiger", "--model", str(model), "-o", str(output), "--frames", "17", "--width",
+            "64", "--height", "64", "--steps", "2", "--n-max", "2", "--flow", "dis", "--device", "cpu", *extra]
+
+
+def test_the_command_line_edits_a_long_clip_on_wan_in_windows(wan_pipe, walk17, tmp_path, capsys):
+    import av
+
+    from flatten_video import cli
+
+    output = tmp_path / "tiger.mp4"
+    # 17 source frames in windows of 9 (3 latent frames) sharing 4 (1 latent frame), one anchor.
+    code = cli.main(wan_argv(walk17, output, wan_pipe.name_or_path, "--window", "9", "--overlap", "4", "--anchors", "1"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"wrote {output}" in captured.out
+    with av.open(str(output)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height, sum(1 for _ in container.decode(stream))) == (64, 64, 17)
+
+
+def test_the_command_line_inverts_on_wan_and_reuses_the_cached_inversion(wan_pipe, walk17, tmp_path, capsys, monkeypatch):
+    from flatten_video import cli
+    from flatten_video.pipelines.methods import flow_inversion
+
+    inversions, invert = [], flow_inversion.FlowInversion.invert
+    monkeypatch.setattr(flow_inversion.FlowInversion, "invert", lambda *a: inversions.append(1) or invert(*a))
+    argv = wan_argv(walk17, tmp_path / "{prompt}.mp4", wan_pipe.name_or_path, "--method", "inversion", "--inject-steps",
+                    "1", "--cache-dir", str(tmp_path / "cache"))
+    argv.remove("--n-max"), argv.remove("2")  # FlowEdit's option: the inversion method takes none
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert cli.main([*argv, "-p", "a dog"]) == 0, capsys.readouterr().err
+    assert inversions == [1]  # the second run loads the inversion the first one kept
+    assert (tmp_path / "a-tiger.mp4").exists() and (tmp_path / "a-dog.mp4").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--frames", "16"], r"--frames 16 does not fit a VAE that encodes 4 source frames .* use 4k\+1 frames \(13 or 17\)"),
+    (["--window", "8"], r"--window 8 does not fit .* \(5 or 9\)"),
+    (["--overlap", "6", "--window", "9"], r"--overlap 6 is not a whole number of latent frames: use a multiple of 4"),
+    (["--width", "72"], r"--width 72 is not a multiple of 16 \(Wan's VAE and patch\)"),
+    (["--control", "canny"], r"there are no ControlNets for Wan: leave out --control"),
+    (["--method", "inversion"], r"--n-max is the flowedit method's; --method inversion does not take it"),
+    (["--inject-steps", "1"], r"--inject-steps is the inversion method's; --method flowedit does not take it"),
+    (["--variant", "I"], r"--variant does not apply to Wan checkpoints"),
+    (["--inversion-steps", "4"], r"--inversion-steps does not apply to Wan checkpoints"),
+    (["--attention", "flatten"], r"unknown --attention for Wan 'flatten'; choose one of dsta, dsta\+flatten"),
+    (["--method", "noise", "--n-max", "35"], r"unknown --method for Wan 'noise'; choose one of flowedit, inversion"),
+])
+def test_bad_wan_options_are_one_line_before_the_model_loads(wan_pipe, walk17, tmp_path, capsys, monkeypatch, extra,
+                                                             message):
+    import re
+
+    from flatten_video import cli
+    from flatten_video.app import runtime
+
+    monkeypatch.setattr(runtime, "load_pipeline", lambda *a, **k: pytest.fail("the model loaded"))
     output = tmp_path / "out.mp4"
-    code = cli.main(["edit", str(source), "-p", "a cat", "--model", str(wan_pipe.name_or_path), "-o", str(output),
-                     "--frames", "9", "--flow", "dis", "--device", "cpu"])
+    code = cli.main(wan_argv(walk17, output, wan_pipe.name_or_path, *extra))
     err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1 and "FlattenWanPipeline" in err[0] and not output.exists()
+    assert code != 0 and len(err) == 1 and re.search(message, err[0]), err
+    assert not output.exists()
+
+
+def test_a_wan_checkpoint_gets_wans_defaults_and_the_help_says_so():
+    from flatten_video.app.settings import EditSettings
+    from flatten_video.cli import build_parser
+
+    settings = EditSettings.for_family("wan", prompt="a tiger")
+    assert (settings.frames, settings.window, settings.overlap, settings.guidance, settings.method) == (81, 81, 8, 5.0,
+                                                                                                        "flowedit")
+    settings.check()
+    kwargs = settings.pipeline_kwargs()
+    assert kwargs["n_max"] == 35 and "flatten_variant" not in kwargs and "num_inversion_steps" not in kwargs
+    help_text = " ".join(build_parser(["edit"])._subparsers._group_actions[0].choices["edit"].format_help().split())
+    assert "[Wan: 81]" in help_text and "[Wan: flowedit]" in help_text
+
+
+# -- the paper's inversion on a flow model -------------------------------------------------------
+
+INVERT = dict(flow_method="dis", method="inversion", source_prompt="a cat", generator=None)
+
+
+def round_trip_error(wan_pipe, steps, attention_mode="dsta+flatten"):
+    frames = clip9()
+    start = wan_pipe.invert_video(frames, num_inference_steps=steps, attention_mode=attention_mode, inject_steps=0,
+                                  **{**INVERT, "generator": torch.Generator().manual_seed(0)})
+    back = wan_pipe(inversion=start, prompt="a cat", guidance_scale=1.0, output_type="latent").frames
+    source = wan_pipe.encode_video(frames, torch.Generator().manual_seed(0))
+    return (back - source).abs().max().item() / source.abs().max().item()
+
+
+def test_inversion_then_sampling_with_the_source_prompt_comes_back_closer_with_more_steps(wan_pipe):
+    coarse, fine = round_trip_error(wan_pipe, 3), round_trip_error(wan_pipe, 24)
+    assert fine < coarse / 2 and fine < 0.05, (coarse, fine)
+
+
+def test_inversion_injects_the_source_query_and_key_like_a_two_pass_reference(wan_pipe):
+    """Sampling from an inversion with every step injected, against a reference written here:
+    per step, one stock forward of the source latent captures each block's normed query and key,
+    a second forward of the edit path has them replaced (forward hooks on ``norm_q``/``norm_k``)."""
+    steps, frames = 3, clip9()
+    start = wan_pipe.invert_video(frames, num_inference_steps=steps, attention_mode="dsta", inject_steps=steps,
+                                  **{**INVERT, "generator": torch.Generator().manual_seed(0)})
+    assert sorted(start.source_latents) == sorted(start.injected_timesteps) and len(start.injected_timesteps) == steps
+    edited = wan_pipe(inversion=start, prompt="a tiger", guidance_scale=1.0, output_type="latent").frames
+
+    from flatten_video.pipelines.schedule import flow_schedule
+
+    transformer = wan_pipe.transformer
+    norms = [(name, module) for name, module in transformer.named_modules()
+             if name.endswith("attn1.norm_q") or name.endswith("attn1.norm_k")]
+    source_text, target_text = wan_pipe.encode_prompt("a cat"), wan_pipe.encode_prompt("a tiger")
+    timesteps, sigmas = flow_schedule(wan_pipe.scheduler, steps)
+
+    def forward(z, t, text, hook):
+        handles = [module.register_forward_hook(hook(name)) for name, module in norms]
+        try:
+            return transformer(hidden_states=z, timestep=torch.tensor([t]), encoder_hidden_states=text,
+                               return_dict=False)[0]
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    z = start.latents
+    for index, t in enumerate(timesteps):
+        captured = {}
+        forward(start.source_latents[t], t, source_text,
+                lambda name: lambda module, args, output: captured.__setitem__(name, output))
+        velocity = forward(z, t, target_text, lambda name: lambda module, args, output: captured[name])
+        z = z + (sigmas[index + 1] - sigmas[index]) * velocity
+    plain = wan_pipe(inversion=dataclasses.replace(start, injected_timesteps=[], source_latents={}), prompt="a tiger",
+                     guidance_scale=1.0, output_type="latent").frames
+    torch.testing.assert_close(edited, z, atol=1e-5, rtol=1e-4)
+    assert (edited - plain).abs().max() > 1e-3  # injection changed the edit
+
+
+def test_a_flow_inversion_saved_and_loaded_gives_the_same_edit(wan_pipe, tmp_path):
+    from flatten_video.pipelines import EditStart
+
+    start = wan_pipe.invert_video(clip9(), num_inference_steps=3, inject_steps=2,
+                                  **{**INVERT, "generator": torch.Generator().manual_seed(0)})
+    loaded = EditStart.load(start.save(tmp_path / "start.safetensors"))
+    assert loaded.method == "inversion" and loaded.injected_timesteps == start.injected_timesteps
+    edit = dict(prompt="a tiger", guidance_scale=2.0, output_type="latent")
+    assert torch.equal(wan_pipe(inversion=loaded, **edit).frames, wan_pipe(inversion=start, **edit).frames)
+
+
+def test_long_clips_run_in_windows_counted_in_source_frames(wan_pipe):
+    from conftest import moving_texture
+
+    frames = moving_texture(frames=17, height=64, width=64, shift=2)  # 5 latent frames
+    seen = []
+
+    def edit(window, **extra):
+        return wan_pipe(frames, "a tiger", window=window, overlap=4, anchors=1, num_inference_steps=2, n_max=2,
+                        flow_method="dis", output_type="latent", generator=torch.Generator().manual_seed(0),
+                        callback_on_step_end=lambda pipe, i, t, kw: seen.append(pipe.flatten_context.num_latent_frames)
+                        or kw, **extra).frames
+
+    whole, covering = edit(0), edit(17)
+    assert torch.equal(whole, covering)  # a window that covers the clip is the clip
+    assert set(seen) == {5}
+    seen.clear()
+    windowed = edit(9)  # 3 latent frames a window, 1 shared, plus the anchor where it is outside
+    assert windowed.shape == whole.shape and torch.isfinite(windowed).all()
+    assert seen and max(seen) <= 4 and (windowed - whole).abs().max() > 0

@@ -21,13 +21,19 @@ FLATTEN_VARIANTS = ("II", "I", "source-qk")
 #: How the source features are held between inversion and sampling (:mod:`flatten_video.models.features`).
 FEATURE_MODES = ("stored", "recompute", "auto")
 
-#: Editing methods (:mod:`flatten_video.pipelines.methods`, which registers one for each name):
-#: DDIM inversion of the source plus injection (the paper), or ControlVideo's noise, the same for
-#: every frame or the same along every trajectory.
-METHODS = ("inversion", "noise", "trajectory-noise")
+#: Editing methods (:mod:`flatten_video.pipelines.methods`, which registers one for each name and
+#: sampler): inversion of the source plus injection (the paper; DDIM inversion on Stable Diffusion,
+#: ODE inversion on flow models), ControlVideo's noise, the same for every frame or the same along
+#: every trajectory (Stable Diffusion), or FlowEdit (flow models: Wan).
+METHODS = ("inversion", "noise", "trajectory-noise", "flowedit")
 #: The methods whose start is an inversion that sampling injects source features from, so that
 #: inversion steps and injected steps apply.
 INJECTING_METHODS = ("inversion",)
+#: The options (pipeline keyword arguments) only one method reads: another method refuses them.
+METHOD_OPTIONS = {
+    "inversion": ("num_inversion_steps", "inject_steps"),
+    "flowedit": ("n_max", "n_min", "n_avg", "source_guidance_scale"),
+}
 
 #: ControlNet condition kinds (:mod:`flatten_video.control_maps`).
 CONTROL_KINDS = ("canny", "depth", "hed", "lineart", "openpose")

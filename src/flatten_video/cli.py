@@ -57,14 +57,15 @@ def run_edit(args: argparse.Namespace) -> int:
     from .app.runtime import check_runtime, load_pipeline, pipeline_class, resolve_dtype
 
     prompts = read_prompts(args)
-    settings = dataclasses.replace(EditSettings.from_namespace(args), prompt=prompts[0])
+    runtime = RuntimeSettings.from_namespace(args)
+    # Everything that can fail fast does, before the model loads: the model's kind (which sets the
+    # defaults), settings, outputs, source, maps, the machine.
+    cls = pipeline_class(runtime.model)
+    settings = dataclasses.replace(EditSettings.from_namespace(args, cls.family), prompt=prompts[0])
     for prompt in prompts:
         dataclasses.replace(settings, prompt=prompt).check()
-    runtime = RuntimeSettings.from_namespace(args)
     outputs = prompt_outputs(args.output or default_output(args.video, len(prompts)), prompts)
-    # Everything that can fail fast does, before the model loads: settings, outputs, source, maps, the machine.
-    short_side = pipeline_class(runtime.model).default_short_side
-    clip = prepare_source(args.video, settings, outputs, short_side=short_side, cache_dir=args.cache_dir)
+    clip = prepare_source(args.video, settings, outputs, pipeline=cls, cache_dir=args.cache_dir)
     controls = control_images(clip, settings)
     device = check_runtime(runtime, settings)
     main_process = True
@@ -115,9 +116,9 @@ def command_argv(args: argparse.Namespace) -> list[str]:
     argv.append(args.command)
     options = []
     for action in args.command_parser._actions:
-        value = getattr(args, action.dest, None)
-        if action.dest in ("help", "launcher", "num_processes"):
-            continue
+        if action.dest in ("help", "launcher", "num_processes") or not hasattr(args, action.dest):
+            continue  # not given (an option whose default is the model family's)
+        value = getattr(args, action.dest)
         if not action.option_strings:
             argv.append(str(value))
         elif value != action.default:
@@ -133,7 +134,9 @@ def command_argv(args: argparse.Namespace) -> list[str]:
 def relaunch_with_accelerate(args: argparse.Namespace) -> int:
     """Run this command again as ``accelerate launch [--num_processes N] -m flatten_video ...``."""
     # Settings errors are found once, here, rather than once per process.
-    settings = EditSettings.from_namespace(args)
+    from .app.runtime import pipeline_class
+
+    settings = EditSettings.from_namespace(args, pipeline_class(args.model).family)
     if args.command == "edit":
         for prompt in read_prompts(args):
             dataclasses.replace(settings, prompt=prompt).check()
@@ -155,7 +158,7 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"{prompt_help}; repeat for several edits of one inversion")
     parser.add_argument("--prompts-file", default=None, metavar="FILE",
                         help="more prompts, one a line (blank lines and lines starting with # are skipped)")
-    add_arguments(parser, EditSettings, exclude=("prompt",))
+    add_arguments(parser, EditSettings, exclude=("prompt",), by_family=True)
     add_arguments(parser, RuntimeSettings)
     parser.add_argument("--output", "-o", default=None, help="output .mp4 or .gif (default: <video name>-flatten.mp4); "
                         "with several prompts it must hold {prompt} (the prompt in file-name form) or {index} (1, 2, ...); "

@@ -25,3 +25,13 @@ ANCHORS = 2
 METHOD = "inversion"
 #: The prompt the source is inverted with: the paper inverts with the empty prompt (no caption).
 SOURCE_PROMPT = ""
+
+#: Wan 2.1 T2V 1.3B (docs/architecture.md, "Backbones: Wan"): its training size and length (81
+#: source frames at 832x480, 16 fps; sides multiples of 16), the guidance of its model card, and
+#: FlowEdit's steps: the first 15 of 50 skipped, none sampled plainly, one noise a step, the
+#: source velocity at guidance 3. Windows count source frames (4k+1) and overlaps multiples of 4.
+WAN = dict(
+    num_frames=81, height=480, width=832, fps=16, num_inference_steps=50, guidance_scale=5.0,
+    method="flowedit", window=81, overlap=8, anchors=2, inject_steps=40, n_max=35, n_min=0, n_avg=1,
+    source_guidance_scale=3.0, max_sequence_length=512,
+)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .validation import check_overlap_fit, check_temporal_fit
+
 
 def fits_temporal_factor(num_frames: int, temporal_factor: int) -> bool:
     """Whether ``num_frames`` source frames are k*m + 1 for the factor k (always, for k = 1)."""
@@ -27,9 +29,7 @@ def fits_temporal_factor(num_frames: int, temporal_factor: int) -> bool:
 
 def num_latent_frames(num_frames: int, temporal_factor: int) -> int:
     """F' latent frames of F = k*m + 1 source frames: m + 1 (F itself for k = 1)."""
-    if not fits_temporal_factor(num_frames, temporal_factor):
-        raise ValueError(f"{num_frames} source frames do not fit a VAE that encodes {temporal_factor} frames per latent "
-                         f"frame after the first: use {temporal_factor}k+1 frames")
+    check_temporal_fit("the video's length", num_frames, temporal_factor)
     return (num_frames - 1) // temporal_factor + 1
 
 
@@ -72,3 +72,18 @@ def compose_flows(flows: torch.Tensor, temporal_factor: int) -> torch.Tensor:
         grid = (start + total.permute(0, 2, 3, 1)) * scale - 1
         total = total + F.grid_sample(flow, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return total
+
+
+def latent_window(window: int, overlap: int, temporal_factor: int) -> tuple[int, int]:
+    """A long clip's window and overlap counted in source frames -> in latent frames.
+
+    A window of k*m + 1 source frames holds m + 1 latent frames (0 stays 0: the whole clip); an
+    overlap of o source frames, a multiple of k, shares o / k latent frames. The identity for
+    k = 1. ``ValueError`` (naming source frames) for a window or overlap the VAE cannot cut at.
+    """
+    if temporal_factor == 1:
+        return window, overlap
+    if window:
+        check_temporal_fit("window", window, temporal_factor)
+    check_overlap_fit("overlap", overlap, temporal_factor)
+    return (num_latent_frames(window, temporal_factor) if window else 0), overlap // temporal_factor

@@ -55,6 +55,23 @@ def check_num_frames(name: str, count: int) -> None:
         raise ValueError(f"{name} must be at least 2 frames (FLATTEN follows motion between frames), got {count}")
 
 
+def check_temporal_fit(name: str, count: int, temporal_factor: int) -> None:
+    """``count`` source frames fit a VAE that encodes ``temporal_factor`` (k) frames per latent
+    frame after the first: k*m + 1 of them (any count for k = 1)."""
+    if (count - 1) % temporal_factor:
+        low = count - (count - 1) % temporal_factor
+        fits = " or ".join(str(n) for n in (low, low + temporal_factor) if n >= 2)
+        raise ValueError(f"{name} {count} does not fit a VAE that encodes {temporal_factor} source frames per latent "
+                         f"frame after the first: use {temporal_factor}k+1 frames ({fits})")
+
+
+def check_overlap_fit(name: str, overlap: int, temporal_factor: int) -> None:
+    """An overlap of source frames that is a whole number of latent frames: a multiple of k."""
+    if overlap % temporal_factor:
+        raise ValueError(f"{name} {overlap} is not a whole number of latent frames: use a multiple of {temporal_factor} "
+                         "source frames")
+
+
 #: The smallest frame side: 8 latents of 8 pixels. OpenCV's DIS flow fails below 12 pixels, and
 #: Stable Diffusion draws nothing recognisable on a few latents.
 MIN_SIDE = 64

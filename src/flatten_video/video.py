@@ -262,13 +262,14 @@ def read_video(
     height: int | None = None,
     crop: bool = False,
     short_side: int = 512,
+    size_multiple: int = 64,
 ) -> Video:
     """Read ``num_frames`` frames of a video file or a folder of frames.
 
     ``path`` is a video file (mp4/mov/webm/gif/... via PyAV) or a folder of images (png/jpg/jpeg/webp/bmp,
     in natural filename order: frame2 before frame10). Frames 0, stride, 2*stride, ... are taken, with
     ``stride`` defaulting to max(1, total // num_frames). Each frame is resized to
-    ``working_size(W, H, target_width=width, target_height=height, short_side=short_side)``; with ``crop=True``
+    ``working_size(W, H, target_width=width, target_height=height, short_side=short_side, multiple=size_multiple)``; with ``crop=True``
     it is first center-cropped to the target aspect ratio (no distortion), otherwise resized directly (LANCZOS).
 
     Returns a :class:`Video` with frames (F, 3, H, W) float32 in [0, 1]. Raises :class:`VideoError` on bad input.
@@ -276,7 +277,7 @@ def read_video(
     path = pathlib.Path(path)
     num_frames = _positive_int("number of frames", num_frames)
     stride = None if stride is None else _positive_int("stride", stride)
-    size_args = dict(target_width=width, target_height=height, short_side=short_side)
+    size_args = dict(target_width=width, target_height=height, short_side=short_side, multiple=size_multiple)
     working_size(64, 64, **size_args)  # validate sizes before any decoding
 
     if path.is_dir():

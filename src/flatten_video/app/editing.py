@@ -20,6 +20,7 @@ import torch
 
 from ..flow import ensure_raft_weights
 from ..pipelines import EditStart
+from ..pipelines.mixin import FlattenMixin
 from ..timing import timed
 from ..video import Video, VideoError, read_video, write_video
 from .errors import error_line
@@ -69,14 +70,15 @@ def prepare_source(
     settings: EditSettings,
     output: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     require_prompt: bool = True,
-    short_side: int = 512,
+    pipeline=None,
     cache_dir: str | os.PathLike | None = None,
 ) -> Video:
     """Everything that can fail fast, before a model loads, in the order users fix them: the
     settings, the ``output`` path or paths (when given: writable, distinct, none of them the
     source), the inversion ``cache_dir``, the source video at the working size, and RAFT's
-    weights when the flow needs them. ``short_side``: the working size's short side when the
-    settings give none (the model's training size: 512 for SD, 1024 for SDXL).
+    weights when the flow needs them. ``pipeline``: the pipeline class that will edit it, whose
+    training size (``default_short_side``: 512 for SD, 1024 for SDXL, 480 for Wan) and
+    ``size_multiple`` give the working size when the settings give none (default: SD's).
 
     Returns:
         The source :class:`~flatten_video.video.Video` at the working size.
@@ -93,9 +95,10 @@ def prepare_source(
         seen[key] = path
     if cache_dir is not None:
         check_cache_dir(cache_dir)
+    pipeline = pipeline or FlattenMixin
     clip = read_video(
         video, settings.frames, stride=settings.stride, width=settings.width, height=settings.height, crop=settings.crop,
-        short_side=short_side,
+        short_side=pipeline.default_short_side, size_multiple=pipeline.size_multiple,
     )
     if settings.flow == "raft" and settings.uses_flow:
         ensure_raft_weights()
@@ -119,7 +122,7 @@ class InversionCache:
         digest = hashlib.sha256(frames.float().cpu().contiguous().numpy().tobytes())
         # Everything that changes the inversion, and nothing else: prompts and guidance do not.
         identity = dict(
-            model=str(pipe.name_or_path), loras=pipe.loras, dtype=str(pipe.unet.dtype), shape=list(frames.shape),
+            model=str(pipe.name_or_path), loras=pipe.loras, dtype=str(pipe.backbone.dtype), shape=list(frames.shape),
             **settings.inversion_identity(),
         )
         digest.update(json.dumps(identity, sort_keys=True).encode())
@@ -180,7 +183,7 @@ def check_finite_frames(frames: torch.Tensor, pipe) -> None:
     """Refuse to write a video of NaNs (black frames): half precision overflowing, or a guidance
     scale so large the latents blow up."""
     if not torch.isfinite(frames).all():
-        hint = "try --dtype bfloat16 or float32, or " if pipe.unet.dtype == torch.float16 else ""
+        hint = "try --dtype bfloat16 or float32, or " if pipe.backbone.dtype == torch.float16 else ""
         raise ValueError(f"the edit came out as NaN or infinite values, so nothing was written; {hint}lower --guidance")
 
 

@@ -10,7 +10,7 @@ import torch
 
 from ..flow import FlowWeightsUnavailable
 from ..hub import HubUnavailable, hub_kwargs
-from ..pipelines import FlattenPipeline, FlattenSDXLPipeline, ModelLoadError, pipeline_for_index
+from ..pipelines import FlattenMixin, FlattenPipeline, FlattenSDXLPipeline, ModelLoadError, pipeline_for_index
 from ..pipelines.loading import check_lora, is_single_file, load_single_file, single_file_family
 from .errors import error_line  # noqa: F401 - the web UI and the eval runner take it from here
 from .settings import DEFAULT_MODEL, DTYPES  # noqa: F401 - the web UI and scripts take them from here too
@@ -69,10 +69,6 @@ def check_runtime(runtime, settings=None) -> str:
         check_lora(lora)
     if not is_single_file(runtime.model):  # a single file's base configs: load_single_file says what it lacks
         hub_kwargs(runtime.model, "model_index.json", "the model")
-        if getattr(pipeline_class(runtime.model), "sampler", "ddim") != "ddim":
-            raise ValueError(f"{runtime.model} is a flow-matching video model (Wan): this version edits it from Python "
-                             "(flatten_video.FlattenWanPipeline, method 'flowedit'); the command line, page and bench "
-                             "take Stable Diffusion checkpoints")
     if settings is not None:
         for (kind, _), name in zip(settings.controls, check_controlnets(runtime.model, settings.controls), strict=True):
             hub_kwargs(name, "config.json", f"the {kind} ControlNet")
@@ -83,8 +79,8 @@ def check_runtime(runtime, settings=None) -> str:
 def check_schedule(model: str, settings) -> None:
     """The sampling steps that get source features must be steps inversion visits; checked from
     the checkpoint's scheduler config, before the weights load (nothing when it cannot be read)."""
-    if not settings.injects or not settings.inject_steps:
-        return
+    if not settings.inject_steps or "num_inversion_steps" not in settings.pipeline_kwargs(for_inversion=True):
+        return  # nothing injected, or an inversion that walks the sampling schedule itself (flow models)
     config = checkpoint_json(model, "scheduler/scheduler_config.json")
     if not config:
         return
@@ -131,7 +127,7 @@ def model_family(model: str) -> str | None:
     return FAMILIES.get(checkpoint_json(model, "unet/config.json").get("cross_attention_dim"))
 
 
-def pipeline_class(model: str) -> type[FlattenPipeline] | type[FlattenSDXLPipeline]:
+def pipeline_class(model: str) -> type[FlattenMixin]:
     """The FLATTEN pipeline for a checkpoint (:func:`~flatten_video.pipelines.pipeline_for_index`;
     a single file by its tensors)."""
     if is_single_file(model):
@@ -225,4 +221,9 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype, loras=(), lora_sc
     pipe.load_loras(list(loras or []), scale=lora_scale)
     if controls:
         pipe = add_controlnets(pipe, list(controls), dtype)
+    if pipe.offload_text_encoder and torch.device(device).type == "cuda":
+        # Each model is on the GPU only while it runs: the text encoder's memory is given back
+        # before the denoiser's first step (diffusers' model CPU offload).
+        pipe.enable_model_cpu_offload(device=device)
+        return pipe
     return pipe.to(device)

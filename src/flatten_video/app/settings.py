@@ -26,6 +26,7 @@ from ..choices import (
     INJECTING_METHODS,
     METHODS,
 )
+from ..families import FAMILIES
 from ..validation import (
     check_anchor_count,
     check_at_least,
@@ -36,7 +37,9 @@ from ..validation import (
     check_inject_steps,
     check_frame_side,
     check_num_frames,
+    check_overlap_fit,
     check_positive_number,
+    check_temporal_fit,
     check_text,
     check_windows,
 )
@@ -98,6 +101,10 @@ class Option:
         widget: its web widget (None: not on the page).
         metavar: the command line's name for its value.
         aliases: other command-line spellings of the flag (earlier names kept working).
+        families: the model families that read it (:data:`flatten_video.families.FAMILIES`;
+            empty: all); another family refuses a value other than its default.
+        methods: the editing methods that read it (empty: all); another method refuses a value
+            other than the default.
     """
 
     help: str
@@ -113,6 +120,12 @@ class Option:
     widget: Widget | None = None
     metavar: str | None = None
     aliases: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+
+    def applies(self, family: str, method: str) -> bool:
+        """Whether a ``family`` checkpoint edited by ``method`` reads this option."""
+        return (not self.families or family in self.families) and (not self.methods or method in self.methods)
 
 
 def option(default, help: str, **meta):
@@ -123,6 +136,19 @@ def option(default, help: str, **meta):
 
 
 FRAMES, DIFFUSION, METHOD, CONTROL = "Frames and size", "Diffusion", "Method (ablations)", "ControlNet"
+FLOWEDIT = "FlowEdit (Wan)"
+SD, SD_INVERSION, FLOWEDIT_ONLY = dict(families=("sd",)), dict(methods=("inversion",)), dict(methods=("flowedit",))
+
+#: What a family's checkpoints get where an option is left out, when it differs from the field's
+#: default (the paper's, for Stable Diffusion): Wan 2.1's length, windows and guidance
+#: (:data:`flatten_video.defaults.WAN`), and FlowEdit as its method.
+FAMILY_DEFAULTS = {
+    "sd": {},
+    "wan": dict(frames=defaults.WAN["num_frames"], window=defaults.WAN["window"], overlap=defaults.WAN["overlap"],
+                anchors=defaults.WAN["anchors"], steps=defaults.WAN["num_inference_steps"],
+                guidance=defaults.WAN["guidance_scale"], method=defaults.WAN["method"],
+                inject_steps=defaults.WAN["inject_steps"]),
+}
 
 
 @dataclass
@@ -175,11 +201,12 @@ class EditSettings:
         widget=Widget("slider", "Sampling steps", DIFFUSION, 1, 200, 1),
     )
     inversion_steps: int = option(
-        defaults.NUM_INVERSION_STEPS, f"DDIM inversion steps (default: {defaults.NUM_INVERSION_STEPS})", kwarg="num_inversion_steps", inversion=True, minimum=1,
+        defaults.NUM_INVERSION_STEPS, f"DDIM inversion steps (default: {defaults.NUM_INVERSION_STEPS})", kwarg="num_inversion_steps", inversion=True, minimum=1, **SD, **SD_INVERSION,
         widget=Widget("slider", "Inversion steps", DIFFUSION, 1, 400, 1),
     )
     inject_steps: int = option(
-        defaults.INJECT_STEPS, f"sampling steps that get the source features (default: {defaults.INJECT_STEPS})", kwarg="inject_steps", inversion=True,
+        defaults.INJECT_STEPS, f"sampling steps that get the source features (default: {defaults.INJECT_STEPS}; on Wan, the source's "
+        "self-attention query and key)", kwarg="inject_steps", inversion=True, minimum=0, **SD_INVERSION,
         widget=Widget("slider", "Steps with source features", DIFFUSION, 0, 200, 1),
     )
     guidance: float = option(
@@ -200,22 +227,43 @@ class EditSettings:
     )
     variant: str = option(
         defaults.VARIANT, f"flow-guided attention variant (default: {defaults.VARIANT})", kwarg="flatten_variant", inversion=True,
-        choices=FLATTEN_VARIANTS, widget=Widget("dropdown", "Flow-guided attention variant", METHOD),
+        choices=FLATTEN_VARIANTS, **SD, widget=Widget("dropdown", "Flow-guided attention variant", METHOD),
     )
     method: str = option(
-        defaults.METHOD, "the editing method, how the edit starts: inversion (the paper: DDIM inversion and injected "
-        "source features), or ControlVideo's noise (one for all frames) or trajectory-noise (one per trajectory), "
-        "without inversion or injection; pair them with --control and --guidance 12.5 (--init: the same)",
+        defaults.METHOD, "the editing method, how the edit starts: inversion (the paper: inversion and injected "
+        "source features; the default on Stable Diffusion), ControlVideo's noise (one for all frames) or "
+        "trajectory-noise (one per trajectory), without inversion or injection, to pair with --control and "
+        "--guidance 12.5 (Stable Diffusion); or flowedit (Wan's default: inversion-free, see --n-max) "
+        "(--init: the same)",
         kwarg="method", inversion=True, choices=METHODS, aliases=("--init",),
         widget=Widget("dropdown", "Editing method", METHOD),
     )
     source_prompt: str = option(
-        defaults.SOURCE_PROMPT, "what the source video shows, the prompt it is inverted with (default: empty, as the "
-        "paper inverts without a caption)", kwarg="source_prompt", inversion=True,
+        defaults.SOURCE_PROMPT, "what the source video shows: the prompt it is inverted with, or FlowEdit's source "
+        "velocity (default: empty, as the paper inverts without a caption)", kwarg="source_prompt", inversion=True,
+    )
+    n_max: int = option(
+        defaults.WAN["n_max"], f"FlowEdit: sampling steps that edit; the first --steps minus N are skipped (default: "
+        f"{defaults.WAN['n_max']})", kwarg="n_max", sampling_only=True, minimum=0, **FLOWEDIT_ONLY,
+        widget=Widget("slider", "Editing steps (n_max)", FLOWEDIT, 0, 200, 1),
+    )
+    n_min: int = option(
+        defaults.WAN["n_min"], f"FlowEdit: last steps sampled plainly from the target (default: {defaults.WAN['n_min']})",
+        kwarg="n_min", sampling_only=True, minimum=0, **FLOWEDIT_ONLY,
+        widget=Widget("slider", "Plain last steps (n_min)", FLOWEDIT, 0, 200, 1),
+    )
+    n_avg: int = option(
+        defaults.WAN["n_avg"], f"FlowEdit: noises averaged per step (default: {defaults.WAN['n_avg']})", kwarg="n_avg",
+        sampling_only=True, minimum=1, **FLOWEDIT_ONLY, widget=Widget("slider", "Noises per step (n_avg)", FLOWEDIT, 1, 8, 1),
+    )
+    source_guidance: float = option(
+        defaults.WAN["source_guidance_scale"], f"FlowEdit: guidance of the source velocity (default: "
+        f"{defaults.WAN['source_guidance_scale']:g})", kwarg="source_guidance_scale", sampling_only=True,
+        **FLOWEDIT_ONLY, widget=Widget("slider", "Source guidance", FLOWEDIT, 1, 20, 0.5),
     )
     control: list = option(
         [], "a ControlNet steering the edit: canny, depth, hed, lineart or openpose, with =MODEL to pick the "
-        "ControlNet (default: the usual one for the model's family); repeat for several", inversion=True,
+        "ControlNet (default: the usual one for the model's family); repeat for several", inversion=True, **SD,
         metavar="KIND[=MODEL]", widget=Widget(
             "checkboxes", "ControlNets (condition maps from the source)", CONTROL, options=CONTROL_KINDS,
             info="ControlNets steering the edit, each the usual one for the model's family; the condition maps are "
@@ -223,44 +271,58 @@ class EditSettings:
     )
     control_video: list = option(
         [], "condition maps as a video or frame folder, for the --control of the same rank (instead of computing "
-        "them); repeat for several", inversion=True, metavar="PATH",
+        "them); repeat for several", inversion=True, **SD, metavar="PATH",
     )
     control_scale: float = option(
-        1.0, "weight of the ControlNet residuals (default: 1; 0: none)", inversion=True,
+        1.0, "weight of the ControlNet residuals (default: 1; 0: none)", inversion=True, **SD,
         widget=Widget("slider", "ControlNet scale", CONTROL, 0, 2, 0.05),
     )
     control_start: float = option(
-        0.0, "fraction of the sampling steps where the ControlNet starts (default: 0)", inversion=True,
+        0.0, "fraction of the sampling steps where the ControlNet starts (default: 0)", inversion=True, **SD,
         widget=Widget("slider", "ControlNet start", CONTROL, 0, 1, 0.05),
     )
     control_end: float = option(
-        1.0, "fraction of the sampling steps where it stops (default: 1)", inversion=True,
+        1.0, "fraction of the sampling steps where it stops (default: 1)", inversion=True, **SD,
         widget=Widget("slider", "ControlNet end", CONTROL, 0, 1, 0.05),
     )
     control_inversion: bool = option(
-        False, "steer the inversion with the ControlNet too (default: sampling only)", inversion=True,
+        False, "steer the inversion with the ControlNet too (default: sampling only)", inversion=True, **SD,
         widget=Widget("checkbox", "ControlNet during inversion too", CONTROL),
     )
     guess_mode: bool = option(
-        False, "ControlNet guess mode: it steers without reading the prompt (diffusers' guess_mode)", inversion=True,
+        False, "ControlNet guess mode: it steers without reading the prompt (diffusers' guess_mode)", inversion=True, **SD,
         widget=Widget("checkbox", "ControlNet guess mode", CONTROL),
     )
-    canny_low: int = option(100, "canny condition: lower hysteresis threshold (default: 100)", inversion=True, minimum=0)
-    canny_high: int = option(200, "canny condition: upper hysteresis threshold (default: 200)", inversion=True, minimum=0)
+    canny_low: int = option(100, "canny condition: lower hysteresis threshold (default: 100)", inversion=True, minimum=0,
+                            **SD)
+    canny_high: int = option(200, "canny condition: upper hysteresis threshold (default: 200)", inversion=True, minimum=0,
+                             **SD)
     feature_mode: str = option(
         "auto", "how source features are held: stored (host RAM, ~22 GiB for 32 frames at 512), recompute "
         "(~80 MB, ~40%% more sampling work), auto (stored if it fits in half the free RAM; default)",
-        kwarg="feature_mode", choices=FEATURE_MODES, widget=Widget("dropdown", "Source features", METHOD),
+        kwarg="feature_mode", choices=FEATURE_MODES, **SD, widget=Widget("dropdown", "Source features", METHOD),
     )
     fps: float | None = option(None, "output frame rate (default: the sampled source's)", positive=True)
     side_by_side: bool = option(
         False, "write source | edit side by side", widget=Widget("checkbox", "Source and edit side by side", METHOD)
     )
+    #: The model family the settings are for (:data:`flatten_video.families.FAMILIES`): its
+    #: defaults (:meth:`for_family`), choices and rules. Not an option: the model decides it.
+    family: str = "sd"
 
     @classmethod
-    def from_namespace(cls, namespace) -> "EditSettings":
-        """Settings from an object with attributes of the same names (argparse's namespace)."""
-        return from_namespace(cls, namespace)
+    def for_family(cls, family: str, **values) -> "EditSettings":
+        """Settings for a ``family`` checkpoint: ``values``, else the family's defaults
+        (:data:`FAMILY_DEFAULTS`), else the fields'."""
+        check_choice("model family", family, tuple(FAMILIES))
+        return cls(**{**FAMILY_DEFAULTS[family], **values}, family=family)
+
+    @classmethod
+    def from_namespace(cls, namespace, family: str = "sd") -> "EditSettings":
+        """Settings for a ``family`` checkpoint from an object with attributes of the same names
+        (argparse's namespace); absent ones get the family's defaults."""
+        given = {f.name: getattr(namespace, f.name) for f, _ in options_of(cls) if hasattr(namespace, f.name)}
+        return cls.for_family(family, **given)
 
     def check(self, require_prompt: bool = True) -> None:
         """Raise ``ValueError`` on settings that cannot work, naming the option as the command line does.
@@ -273,6 +335,7 @@ class EditSettings:
         check_text("the negative prompt", self.negative_prompt)
         check_options(self)
         check_num_frames(flag("frames"), self.frames)
+        self.check_family()  # before the generic window rules: a window Wan cannot cut says so first
         check_text(flag("source_prompt"), self.source_prompt)
         if self.injects:  # ControlVideo's starts invert and inject nothing
             check_inject_steps(self.inject_steps, self.steps, flag("inject_steps"), flag("steps"))
@@ -284,6 +347,33 @@ class EditSettings:
         if len(self.control_video) > len(self.control):
             raise ValueError(f"{flag('control_video')} was given {len(self.control_video)} time(s) for {len(self.control)} {flag('control')}")
         check_fraction_window(self.control_start, self.control_end, flag("control_start"), flag("control_end"))
+
+    def check_family(self) -> None:
+        """The rules of the model family: its methods and attention modes, the options only other
+        families or methods read left at their defaults, frames and windows its VAE can encode
+        (4k+1 source frames for Wan) and sides its patch divides."""
+        family = FAMILIES[self.family]
+        check_choice(f"{flag('method')} for {family.label}", self.method, family.methods)
+        check_choice(f"{flag('attention')} for {family.label}", self.attention, family.attention_modes)
+        if self.control and not family.controlnets:
+            raise ValueError(f"there are no ControlNets for {family.label}: leave out {flag('control')}")
+        baseline = type(self).for_family(self.family)
+        for f, meta in options_of(type(self)):
+            if meta.applies(self.family, self.method) or getattr(self, f.name) == getattr(baseline, f.name):
+                continue
+            if meta.families and self.family not in meta.families:
+                raise ValueError(f"{flag(f.name)} does not apply to {family.label} checkpoints")
+            raise ValueError(f"{flag(f.name)} is the {' or '.join(meta.methods)} method's; {flag('method')} "
+                             f"{self.method} does not take it")
+        check_temporal_fit(flag("frames"), self.frames, family.temporal_factor)
+        if self.window:
+            check_temporal_fit(flag("window"), self.window, family.temporal_factor)
+        check_overlap_fit(flag("overlap"), self.overlap, family.temporal_factor)
+        for name in ("width", "height"):
+            side = getattr(self, name)
+            if side is not None and side % family.side_multiple:
+                raise ValueError(f"{flag(name)} {side} is not a multiple of {family.side_multiple} ({family.label}'s "
+                                 "VAE and patch)")
 
     @property
     def controls(self) -> list[tuple[str, str | None]]:
@@ -301,23 +391,24 @@ class EditSettings:
         """Whether the attention mode needs optical flow (and so RAFT weights for ``"raft"``)."""
         return self.attention in FLOW_GUIDED_MODES
 
-    def pipeline_kwargs(self, for_inversion: bool = False) -> dict:
-        """The keyword arguments of the pipeline call these settings fix (``for_inversion``: those
-        of ``invert_video``, which takes no negative prompt or guidance)."""
+    def _kwargs(self, keep) -> dict:
+        """The pipeline keyword arguments of the options ``keep(meta)`` selects among those the
+        family and method read."""
         return {
             meta.kwarg: getattr(self, f.name)
             for f, meta in options_of(type(self))
-            if meta.kwarg and not (for_inversion and meta.sampling_only)
+            if meta.kwarg and meta.applies(self.family, self.method) and keep(meta)
         }
+
+    def pipeline_kwargs(self, for_inversion: bool = False) -> dict:
+        """The keyword arguments of the pipeline call these settings fix (``for_inversion``: those
+        of ``invert_video``, which takes no negative prompt or guidance)."""
+        return self._kwargs(lambda meta: not (for_inversion and meta.sampling_only))
 
     def sampling_kwargs(self) -> dict:
         """The keyword arguments of a pipeline call given an inversion made with these settings:
         those the inversion does not fix (it supplies the others)."""
-        return {
-            meta.kwarg: getattr(self, f.name)
-            for f, meta in options_of(type(self))
-            if meta.kwarg and not meta.inversion
-        }
+        return self._kwargs(lambda meta: not meta.inversion)
 
     def inversion_identity(self) -> dict:
         """The settings an inversion depends on (the seed through the VAE sample and the trajectories)."""
@@ -409,6 +500,7 @@ def add_arguments(
     helps: dict | None = None,
     required: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
+    by_family: bool = False,
 ) -> None:
     """Add one command-line option per field of ``cls``.
 
@@ -416,6 +508,9 @@ def add_arguments(
         defaults, helps: per-command changes of a field's default and help.
         required: fields the command requires.
         exclude: fields the command does not take.
+        by_family: options left out stay out of the namespace (unless ``defaults`` names them),
+            so that :meth:`EditSettings.from_namespace` gives them the model family's defaults;
+            the help says where a family's default differs.
     """
     instance_defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
                          for f, _ in options_of(cls)}
@@ -425,7 +520,14 @@ def add_arguments(
             continue
         kind = value_type(cls, f.name)
         help_text = (helps or {}).get(f.name, meta.help)
-        kwargs = dict(default=instance_defaults[f.name], help=help_text)
+        default = instance_defaults[f.name]
+        if by_family and f.name not in (defaults or {}):
+            default = argparse.SUPPRESS
+            changes = [f"{FAMILIES[name].label}: {values[f.name]}" for name, values in FAMILY_DEFAULTS.items()
+                       if f.name in values]
+            if changes:
+                help_text += f" [{'; '.join(changes)}]"
+        kwargs = dict(default=default, help=help_text)
         if kind is bool:
             kwargs["action"] = "store_true"
         elif kind is list:

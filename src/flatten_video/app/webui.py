@@ -39,6 +39,7 @@ from .runtime import (
     pipeline_class,
     resolve_dtype,
 )
+from ..families import FAMILIES
 from .settings import EditSettings, RuntimeSettings, add_arguments, flag, options_of
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,12 @@ class Editor:
         self._pipeline = pipeline
         self._controlled: tuple = (None, None)  # (ControlNets asked, the pipeline with them)
         self._lock = threading.Lock()
+
+    @property
+    def pipeline_class(self):
+        """The class of the pipeline that edits, known before the model loads (its family sets the
+        form's defaults and options)."""
+        return type(self._pipeline) if self._pipeline is not None else pipeline_class(self.model)
 
     @property
     def pipeline(self):
@@ -225,7 +232,7 @@ class Editor:
         """
         if self.max_frames is not None and settings.frames > self.max_frames:
             raise ValueError(f"{flag('frames')} is {settings.frames}; this server edits at most {self.max_frames} frames")
-        clip = prepare_source(video, settings, output, short_side=pipeline_class(self.model).default_short_side)
+        clip = prepare_source(video, settings, output, pipeline=self.pipeline_class)
         controls = control_images(clip, settings)
         check_controlnets(self.model, settings.controls)
         check_schedule(self.model, settings)
@@ -254,8 +261,9 @@ def _form_options():
 FORM_FIELDS = tuple(f.name for f, _ in _form_options())
 
 
-def form_settings(*values) -> EditSettings:
-    """The form's values (in :data:`FORM_FIELDS` order) as :class:`EditSettings`.
+def form_settings(*values, family: str = "sd") -> EditSettings:
+    """The form's values (in :data:`FORM_FIELDS` order) as :class:`EditSettings` for a ``family``
+    checkpoint.
 
     Gradio gives numbers as floats and empty boxes as None; 0 means automatic where the widget
     says so.
@@ -273,7 +281,7 @@ def form_settings(*values) -> EditSettings:
         elif value is not None and meta.widget.kind in ("slider", "number"):
             value = float(value) if isinstance(f.default, float) else int(value)
         settings[f.name] = value
-    return EditSettings(**settings)
+    return EditSettings.for_family(family, **settings)
 
 
 def form_prompts(text: str) -> list[str]:
@@ -347,7 +355,7 @@ def run_form(editor: Editor, video, *values, stop: threading.Event | None = None
     try:
         if not video:
             raise ValueError("upload a source video first")
-        settings = form_settings(*values)
+        settings = form_settings(*values, family=editor.pipeline_class.family)
         prompts = form_prompts(settings.prompt) or [""]  # an empty prompt: the settings' check says so
 
         def prompt_starts(index: int, prompt: str) -> None:
@@ -464,7 +472,7 @@ def build_app(editor: Editor, max_upload_mb: float | None = None):
     """The Gradio page (a ``gradio.Blocks``) over ``editor``; call ``.launch()`` to serve it
     (with ``max_file_size`` set to ``max_upload_mb``, as :func:`run_web` does)."""
     gr = _gradio()
-    default = EditSettings(prompt="")
+    default = EditSettings.for_family(editor.pipeline_class.family, prompt="")
     stops = StopButtons()
     with gr.Blocks(title="flatten-video", analytics_enabled=False) as app:
         gr.Markdown(_header(editor, max_upload_mb))
@@ -556,29 +564,36 @@ def _model_name(model: str) -> str:
 def _build_widgets(gr, default: EditSettings, max_frames: int | None = None, top: bool = True) -> dict:
     """One widget per :data:`FORM_FIELDS` entry of the top of the form (``top``) or of its
     sections, from its :class:`~flatten_video.app.settings.Widget`, with the option's help as its
-    info; each section is one folded accordion, in the order the fields first name them."""
+    info; each section is one folded accordion, in the order the fields first name them. Options
+    the model's family never reads are hidden (at their defaults), and so is a section of only them."""
     widgets = {}
+    family = FAMILIES[default.family]
     sections = dict.fromkeys(meta.widget.section for _, meta in _form_options())  # in order of first use
     for section in [s for s in sections if bool(s) != top]:
-        with gr.Accordion(section, open=False) if section else contextlib.nullcontext():
-            for f, meta in _form_options():
-                if meta.widget.section == section:
-                    widgets[f.name] = _widget(gr, f.name, meta, getattr(default, f.name), max_frames)
+        fields = [(f, meta) for f, meta in _form_options() if meta.widget.section == section]
+        shown = {f.name: any(meta.applies(family.name, method) for method in family.methods) for f, meta in fields}
+        accordion = gr.Accordion(section, open=False, visible=any(shown.values())) if section else contextlib.nullcontext()
+        with accordion:
+            for f, meta in fields:
+                widgets[f.name] = _widget(gr, f.name, meta, getattr(default, f.name), max_frames, family, shown[f.name])
     return widgets
 
 
-def _widget(gr, name: str, meta, value, max_frames: int | None = None):
+def _widget(gr, name: str, meta, value, max_frames: int | None = None, family=FAMILIES["sd"], visible: bool = True):
     spec = meta.widget
     info = page_text(spec.info or meta.help)
-    common = dict(label=spec.label, info=info, elem_id=f"option-{name.replace('_', '-')}")
+    common = dict(label=spec.label, info=info, elem_id=f"option-{name.replace('_', '-')}", visible=visible)
     if spec.zero_is_auto and value is None:
         value = 0
     if name == "prompt":  # the page edits several prompts, one per line, from one inversion
         return gr.Textbox(value=value, placeholder=f"{spec.placeholder}\na white fox, watercolor", lines=3,
                           **{**common, "label": "Prompts, one per line", "info": f"{info}; each line is one edit"})
-    if name == "frames" and max_frames:
-        high = min(spec.high, max_frames)
-        return gr.Slider(spec.low, high, value=min(value, high), step=spec.step, **common)
+    if name == "frames":  # k*m + 1 frames for a VAE with temporal factor k: the slider offers only those
+        k = family.temporal_factor
+        high = min(spec.high, max_frames or spec.high)
+        high -= (high - 1) % k
+        low = spec.low if k == 1 else k + 1
+        return gr.Slider(low, high, value=min(value, high), step=spec.step * k, **common)
     if spec.kind == "text":
         return gr.Textbox(value=value, placeholder=spec.placeholder, **common)
     if spec.kind == "slider":

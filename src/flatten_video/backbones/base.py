@@ -55,6 +55,13 @@ class Backbone:
         """Frame sides in pixels must be multiples of this."""
         return self.spatial_factor
 
+    def rows_per_video(self, num_latent_frames: int) -> int:
+        """Rows of the denoiser's hidden states that hold one video of ``num_latent_frames``
+        latent frames: one per frame where frames are folded into the batch (an image U-Net),
+        one where a row holds the whole video's tokens (a video transformer). The feature store
+        shares the source's rows by this count."""
+        return num_latent_frames
+
     def num_latent_frames(self, num_frames: int) -> int:
         """F' latent frames of ``num_frames`` source frames (``ValueError`` when they do not fit)."""
         return num_latent_frames(num_frames, self.temporal_factor)

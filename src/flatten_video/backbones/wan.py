@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from ..families import FAMILIES
 from ..models.context import FlattenContext
 from ..models.injection import InjectionSpec
 from ..models.install import self_attention_modules
@@ -26,7 +27,7 @@ from .base import Backbone, register_backbone
 class WanBackbone(Backbone):
     """A diffusers ``WanTransformer3DModel`` with FLATTEN in its self-attention."""
 
-    temporal_factor = 4
+    temporal_factor = FAMILIES["wan"].temporal_factor
     component = "transformer"
 
     @property
@@ -37,6 +38,10 @@ class WanBackbone(Backbone):
     def side_multiple(self) -> int:
         """Sides that the VAE and the patch divide: 8 x 2 = 16 px for Wan 2.1."""
         return self.spatial_factor * max(self.patch_size[1:])
+
+    def rows_per_video(self, num_latent_frames: int) -> int:
+        """One: a row of Wan's tokens is a whole video, frame-major."""
+        return 1
 
     def token_grids(self, latent_size: tuple[int, int], levels: tuple[int, ...]) -> list[tuple[int, int]]:
         """The one token grid, (h / 2, w / 2) for patch (1, 2, 2); ``levels`` do not apply."""

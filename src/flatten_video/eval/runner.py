@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from ..app.editing import control_images, edit_prompts, invert_source, prepare_source
-from ..app.runtime import check_runtime, default_device, error_line, load_pipeline, resolve_dtype
+from ..app.runtime import check_runtime, default_device, error_line, load_pipeline, pipeline_class, resolve_dtype
 from ..app.settings import EditSettings, RuntimeSettings, add_arguments
 from ..flow import FLOW_METHODS, estimate_flow
 from ..timing import timed
@@ -166,7 +166,7 @@ def prepare_video(pipe, item: Item, settings: EditSettings, device: str) -> Prep
     inverts (:func:`~flatten_video.app.editing.invert_source`)."""
     timings: dict[str, float] = {}
     with timed(timings, "read", device):
-        clip = prepare_source(item.frames_dir, settings, require_prompt=False)
+        clip = prepare_source(item.frames_dir, settings, require_prompt=False, pipeline=type(pipe))
     with timed(timings, "flow", device):
         # Ewarp needs the source's forward and backward flow; both are the same for every edit
         # of the video, so they are computed here once (backward = forward of the reversed clip).
@@ -281,7 +281,7 @@ def record_settings(args: argparse.Namespace, settings: EditSettings, dtype) -> 
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    settings = EditSettings.from_namespace(args)
+    settings = EditSettings.from_namespace(args, pipeline_class(args.model).family)
     if args.ablation:
         attention, variant = ABLATIONS[args.ablation]
         settings = dataclasses.replace(settings, attention=attention, variant=variant)
@@ -338,7 +338,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data_dir", metavar="DATA_DIR", help="LOVEU-TGVE-2023 folder: captions CSV and <subset>/480p_frames/<video>/")
     add_arguments(parser, RuntimeSettings)
     add_arguments(
-        parser, EditSettings, exclude=("prompt",),  # prompts come from the CSV
+        parser, EditSettings, exclude=("prompt",), by_family=True,  # prompts come from the CSV
         defaults=dict(width=512, height=512),
         helps=dict(
             width="working width in pixels (default: 512, as in the paper)",

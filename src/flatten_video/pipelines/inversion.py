@@ -139,7 +139,7 @@ class EditStart:
         if "injected_timesteps" not in metadata or int(metadata.get("num_inversion_steps", 0)) == 0:
             return EditStart(**common)
         injected = json.loads(metadata["injected_timesteps"])
-        source_latents = {int(key.split(".", 1)[1]): v for key, v in tensors.items() if key.startswith("source_latents.")}
+        source_latents = {_timestep(key.split(".", 1)[1]): v for key, v in tensors.items() if key.startswith("source_latents.")}
         if sorted(source_latents) != sorted(injected):
             raise ValueError(f"{path} lacks the source latents of some injected timesteps")
         return FlattenInversion(
@@ -148,15 +148,21 @@ class EditStart:
         )
 
 
+def _timestep(text: str) -> int | float:
+    """A timestep written in a tensor's name: DDIM's are integers, flow matching's floats."""
+    return int(text) if text.isdigit() else float(text)
+
+
 @dataclass(kw_only=True)
 class FlattenInversion(EditStart):
-    """A source video DDIM-inverted by a FLATTEN pipeline (the paper's method), with what sampling
-    injects.
+    """A source video inverted by a FLATTEN pipeline (the paper's method: DDIM inversion, or ODE
+    inversion on a flow model), with what sampling injects.
 
     Attributes:
         latents: z_T, (1, C, F', h, w).
-        num_inversion_steps: the DDIM inversion steps it took.
-        injected_timesteps: the sampling timesteps whose source features are held.
+        num_inversion_steps: the inversion steps it took.
+        injected_timesteps: the sampling timesteps whose source features are held (integers for
+            DDIM, floats for flow matching).
         feature_mode: ``"stored"`` (features in ``features``) or ``"recompute"`` (the model
             inputs at those timesteps in ``source_latents``); ``"auto"`` has been resolved to one
             of them.
@@ -168,10 +174,10 @@ class FlattenInversion(EditStart):
 
     method: str = "inversion"
     num_inversion_steps: int
-    injected_timesteps: list[int]
+    injected_timesteps: list[int] | list[float]
     feature_mode: str
     features: FeatureStore | None = None
-    source_latents: dict[int, torch.Tensor] = field(default_factory=dict)
+    source_latents: dict[int | float, torch.Tensor] = field(default_factory=dict)
 
     @property
     def inject_steps(self) -> int:

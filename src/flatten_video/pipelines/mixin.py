@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import defaults
 from ..backbones import Backbone, backbone_for
+from ..families import FAMILIES
 from ..flow import FLOW_METHODS, estimate_flow
 from ..latent_frames import compose_flows, fits_temporal_factor
 from ..models.context import FlattenConfig, FlattenContext
@@ -34,7 +35,7 @@ from ..windows import anchor_frames
 from .codec import decode_frames, encode_frames
 from .conditioning import Conditioning, stack_rows
 from .inversion import EditStart, FlattenInversion
-from .methods import METHODS, EditRequest, get_method
+from .methods import METHODS, EditRequest, get_method, method_names
 from .output import OUTPUT_TYPES, FlattenPipelineOutput, frames_to_output, frames_to_tensor
 from .samplers import ddim_sample, guided
 from .schedule import check_schedule, resolve_edit, sampling_timesteps
@@ -56,8 +57,15 @@ class FlattenMixin:
     """
 
     flatten_context: FlattenContext | None = None
-    #: Short side in pixels the model was trained at: the working size when the user sets none.
+    #: Its family (:data:`flatten_video.families.FAMILIES`): which defaults and options the
+    #: command line and the page give it.
+    family: str = "sd"
+    #: Short side in pixels the model was trained at: the working size when the user sets none;
+    #: automatic sides are rounded to multiples of ``size_multiple``.
     default_short_side: int = 512
+    size_multiple: int = FAMILIES["sd"].size_multiple
+    #: Whether the app runs the text encoder with model CPU offload on a GPU (when it outweighs the denoiser).
+    offload_text_encoder: bool = False
     #: Run the VAE in float32 when its config says ``force_upcast`` (SDXL's overflows in float16).
     upcast_vae: bool = False
 
@@ -69,7 +77,7 @@ class FlattenMixin:
     @property
     def methods(self) -> tuple[str, ...]:
         """The editing methods this pipeline runs (:data:`~flatten_video.pipelines.methods.METHODS`)."""
-        return tuple(name for name, method in METHODS.items() if method.sampler == self.sampler)
+        return method_names(self.sampler)
 
     @property
     def backbone(self) -> Backbone:
@@ -140,9 +148,10 @@ class FlattenMixin:
         source_prompt: str | None = None,
     ) -> None:
         """Raise ``ValueError`` on inputs that cannot work, before anything runs; checks what is given."""
-        if method is not None:
-            if "num_inversion_steps" not in get_method(method).options:  # nothing is inverted or injected
-                num_inversion_steps = inject_steps = None
+        if method is not None:  # the rules of options the method does not read do not apply
+            options = get_method(method, self.sampler).options
+            num_inversion_steps = num_inversion_steps if "num_inversion_steps" in options else None
+            inject_steps = inject_steps if "inject_steps" in options else None
         if source_prompt is not None:
             check_text("the source prompt", source_prompt)
         if feature_mode is not None:
@@ -331,7 +340,7 @@ class FlattenMixin:
             if method not in (init, defaults.METHOD):
                 raise ValueError(f"method={method!r} and init={init!r} disagree: give one of them")
             method = init
-        get_method(method)  # a known one
+        check_choice("editing method", method, tuple(dict.fromkeys(name for _, name in METHODS)))  # a known one
         check_choice(f"method for {type(self).__name__}", method, self.methods)
         return method
 
@@ -345,7 +354,7 @@ class FlattenMixin:
 
     def _make_start(self, request: EditRequest, method_name: str) -> EditStart:
         """The method's start of sampling, after the flow and trajectories it needs."""
-        method, timings, device = get_method(method_name), {}, self._execution_device
+        method, timings, device = get_method(method_name, self.sampler), {}, self._execution_device
         trajectories = request.trajectories
         if trajectories is None:
             trajectories, levels = {}, method.trajectory_levels(request.config)
@@ -442,7 +451,9 @@ class FlattenMixin:
             return evaluate(batch, rows, lambda run, frames: context.features.injecting(run.key(t)))
         source = inversion.source_latents[t].to(latents.device)
         batch, conditioning = stack_rows([(source, source_row), (batch, rows)])
-        return evaluate(batch, conditioning, lambda run, frames: context.features.sharing(frames))[1:]
+        backbone = self.backbone
+        return evaluate(batch, conditioning,
+                        lambda run, frames: context.features.sharing(backbone.rows_per_video(frames)))[1:]
 
     def _progress(self, total: int, desc: str, windows: int = 1):
         """A bar over model evaluations: steps, or steps times windows for a long clip."""

@@ -1,10 +1,13 @@
 """FLATTEN text-to-video editing on Wan 2.1 (diffusers' ``WanTransformer3DModel``), with FlowEdit
-(docs/architecture.md, "Backbones: Wan").
+or the paper's inversion (docs/architecture.md, "Backbones: Wan").
 
 The pipeline shares :class:`~flatten_video.pipelines.mixin.FlattenMixin`'s scope, checks, model
-seam, trajectories and windows; what differs is the flow-matching edit: its start is the source
-latents (FlowEdit is inversion-free), and sampling integrates the difference between the target
-and source velocities at the noised source, FLATTEN on in every model call.
+seam, trajectories and windows; what differs is the flow-matching edit. ``flowedit`` starts from
+the source latents (it is inversion-free) and integrates the difference between the target and
+source velocities at the noised source; ``inversion`` runs the flow ODE backwards from the source
+with the source prompt, then samples from there with the target prompt, the source's
+self-attention query and key injected during the first steps. FLATTEN is on in every model call
+of both (``attention_mode="dsta+flatten"``) or off (``"dsta"``).
 """
 
 from __future__ import annotations
@@ -14,25 +17,46 @@ from typing import Callable
 
 import torch
 from diffusers import AutoencoderKLWan, DiffusionPipeline, WanTransformer3DModel
+from diffusers.loaders import WanLoraLoaderMixin
 
+from .. import defaults
+from ..choices import METHOD_OPTIONS
+from ..families import FAMILIES
+from ..latent_frames import latent_window
+from ..models.features import FeatureStore
 from ..validation import check_at_least, check_choice, check_text
 from .conditioning import Conditioning
 from .inversion import EditStart
-from .loading import _one_line
+from .loading import LoraLoadingMixin, _one_line
 from .methods import EditRequest
 from .mixin import FlattenMixin
 from .output import OUTPUT_TYPES, FlattenPipelineOutput, ModelLoadError, frames_to_output, frames_to_tensor
-from .samplers import flowedit, guided
+from .samplers import euler_sample, flowedit, guided
 from .schedule import flow_schedule, flow_scheduler
 from .windowing import denoise, plan_runs, process_share
 
-#: Defaults that fit Wan 2.1 T2V 1.3B (its 832x480 training size at 81 frames, 16 fps) and FlowEdit.
-WAN_DEFAULTS = dict(num_frames=81, height=480, width=832, fps=16, num_inference_steps=50, n_max=35, n_min=0, n_avg=1,
-                    guidance_scale=5.0, source_guidance_scale=3.0, max_sequence_length=512)
+#: Defaults that fit Wan 2.1 T2V 1.3B and its methods (:data:`flatten_video.defaults.WAN`).
+WAN_DEFAULTS = defaults.WAN
+#: The options only one method reads, with their defaults on Wan.
+METHOD_DEFAULTS = {method: {name: WAN_DEFAULTS[name] for name in names if name in WAN_DEFAULTS}
+                   for method, names in METHOD_OPTIONS.items()}
 
 
-class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
-    """Video-to-video editing of Wan 2.1 text-to-video checkpoints with FlowEdit and FLATTEN.
+def method_options(method: str, **given) -> dict:
+    """The options of ``method`` (:data:`METHOD_DEFAULTS`): those ``given`` (not None), the
+    method's defaults for the rest; ``ValueError`` for a given option another method reads."""
+    own = METHOD_DEFAULTS.get(method, {})
+    for name, value in given.items():
+        if value is not None and name not in own:
+            owner = next((m for m, names in METHOD_OPTIONS.items() if name in names), None)
+            whose = f"the {owner} method's" if owner else "not an option here"
+            raise ValueError(f"{name} is {whose}; method={method!r} does not take it")
+    return {name: given[name] if given.get(name) is not None else default for name, default in own.items()}
+
+
+class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin, FlattenMixin):
+    """Video-to-video editing of Wan 2.1 text-to-video checkpoints with FlowEdit or inversion, and
+    FLATTEN. LoRAs of the transformer load with :meth:`load_loras` (diffusers' ``load_lora_weights``).
 
     Args:
         tokenizer, text_encoder: UMT5 and its tokenizer.
@@ -44,17 +68,23 @@ class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     denoiser_name = "transformer"
+    #: Its family (:data:`flatten_video.families.FAMILIES`) and working size.
+    family = "wan"
     default_short_side = WAN_DEFAULTS["height"]
-    #: How an edit of a flow model starts, and the self-attention modes it runs (Wan's own
-    #: attention is already dense over all frames, so per-frame modes do not exist there).
+    size_multiple = FAMILIES["wan"].size_multiple
+    #: UMT5-XXL (5.7B parameters) outweighs the 1.3B transformer: on a GPU the app runs it with
+    #: model CPU offload, so its memory is given back before the transformer runs.
+    offload_text_encoder = True
+    #: The sampler its methods are made for, and the self-attention modes it runs.
     sampler = "flow"
-    attention_modes = ("dsta", "dsta+flatten")
+    attention_modes = FAMILIES["wan"].attention_modes
 
     def __init__(self, tokenizer, text_encoder, vae: AutoencoderKLWan, transformer: WanTransformer3DModel, scheduler):
         super().__init__()
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                               scheduler=scheduler)
         self.vae_scale_factor = vae.config.scale_factor_spatial
+        self.loras: list[tuple[str, float]] = []
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "FlattenWanPipeline":
@@ -131,6 +161,11 @@ class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
                 if side % multiple:
                     raise ValueError(f"the frame {name} {side} is not a multiple of {multiple} (Wan's VAE and patch)")
 
+    def _guidance_rows(self, text: str, negative_prompt: str, scale: float, latents: torch.Tensor) -> Conditioning:
+        """The rows of one prompt: (negative, prompt) when guided (``scale > 1``), else the prompt's."""
+        rows = self._conditioning(text, latents)
+        return Conditioning.cat([self._conditioning(negative_prompt, latents), rows]) if scale > 1.0 else rows
+
     @torch.no_grad()
     def sample(
         self,
@@ -139,33 +174,46 @@ class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
         negative_prompt: str = "",
         *,
         guidance_scale: float = WAN_DEFAULTS["guidance_scale"],
-        source_guidance_scale: float = WAN_DEFAULTS["source_guidance_scale"],
-        n_max: int = WAN_DEFAULTS["n_max"],
-        n_min: int = WAN_DEFAULTS["n_min"],
-        n_avg: int = WAN_DEFAULTS["n_avg"],
+        source_guidance_scale: float | None = None,
+        n_max: int | None = None,
+        n_min: int | None = None,
+        n_avg: int | None = None,
         generator: torch.Generator | None = None,
         callback_on_step_end: Callable | None = None,
     ) -> torch.Tensor:
-        """FlowEdit from the source latents of ``start`` to ``prompt``, FLATTEN as ``start``
-        records; the source and target rows (each with its guidance rows) share every model call.
+        """The edit from ``start`` to ``prompt`` by the method that made it, FLATTEN as ``start``
+        records: FlowEdit from the source latents, or flow-matching sampling from an inversion.
+
+        Args:
+            source_guidance_scale, n_max, n_min, n_avg: FlowEdit's (None: its defaults); an
+                inversion refuses them.
 
         Returns:
             (1, 16, F', h, w) edited latents.
         """
+        options = method_options(start.method, source_guidance_scale=source_guidance_scale, n_max=n_max, n_min=n_min,
+                                 n_avg=n_avg)
+        callback = self._step_callback(callback_on_step_end)
+        if start.method == "flowedit":
+            self.check_flowedit(options["n_max"], options["n_min"], options["n_avg"], start.num_inference_steps)
+            return self._flowedit(start, prompt, negative_prompt, guidance_scale, generator, callback, **options)
+        return self._sample_inverted(start, prompt, negative_prompt, guidance_scale, callback)
+
+    def _flowedit(self, start: EditStart, prompt: str, negative_prompt: str, guidance_scale: float, generator,
+                  callback, *, source_guidance_scale: float, n_max: int, n_min: int, n_avg: int) -> torch.Tensor:
+        """FlowEdit from the source latents; the source and target rows (each with its guidance
+        rows) share every model call."""
         source = start.latents.to(self._execution_device)
-
-        def rows(text: str, scale: float) -> Conditioning:
-            cond = self._conditioning(text, source)
-            return Conditioning.cat([self._conditioning(negative_prompt, source), cond]) if scale > 1.0 else cond
-
-        source_rows, target_rows = rows(start.source_prompt, source_guidance_scale), rows(prompt, guidance_scale)
+        source_rows = self._guidance_rows(start.source_prompt, negative_prompt, source_guidance_scale, source)
+        target_rows = self._guidance_rows(prompt, negative_prompt, guidance_scale, source)
         both = Conditioning.cat([source_rows, target_rows])
         timesteps, sigmas = flow_schedule(self.scheduler, start.num_inference_steps)
         frames = start.num_latent_frames
         with self.flatten_enabled(start.config, frames, start.trajectories, None, phase="sampling") as context:
             runs = plan_runs(start.config, frames, context.trajectories, self._execution_device)
             share = len(process_share(runs)[0])
-            with self._progress(n_max * share, "FlowEdit", share) as bar:
+            calls = (n_max - n_min) * n_avg + n_min  # editing steps average n_avg noises; plain ones call once
+            with self._progress(calls * share, "FlowEdit", share) as bar:
 
                 def evaluate(batch, conditioning, t):
                     return denoise(self.predict_noise, context, runs, batch, t, conditioning,
@@ -182,8 +230,29 @@ class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
                     return guided(evaluate(z.expand(target_rows.num_rows, *z.shape[1:]), target_rows, t), guidance_scale)
 
                 return flowedit(edit_velocities, target_velocity, source, timesteps, sigmas, n_max=n_max, n_min=n_min,
-                                n_avg=n_avg, generator=generator,
-                                callback=self._step_callback(callback_on_step_end))
+                                n_avg=n_avg, generator=generator, callback=callback)
+
+    def _sample_inverted(self, start: EditStart, prompt: str, negative_prompt: str, guidance_scale: float,
+                         callback) -> torch.Tensor:
+        """Euler sampling of the flow ODE from the inverted noise with the target prompt; during
+        the first ``start.inject_steps`` steps the source latent of the step leads the batch and
+        every row takes its self-attention query and key (recomputed, never stored)."""
+        latents = start.latents.to(self._execution_device)
+        rows = self._guidance_rows(prompt, negative_prompt, guidance_scale, latents)
+        source_row = self.source_conditioning(start.source_prompt, latents) if start.inject_steps else None
+        store = FeatureStore() if start.inject_steps else None
+        timesteps, sigmas = flow_schedule(self.scheduler, start.num_inference_steps)
+        frames = start.num_latent_frames
+        with self.flatten_enabled(start.config, frames, start.trajectories, store, phase="sampling") as context:
+            runs = plan_runs(start.config, frames, context.trajectories, self._execution_device)
+            share = len(process_share(runs)[0])
+            with self._progress(len(timesteps) * share, "Sampling", share) as bar:
+
+                def velocity(z, index, t):
+                    return guided(self._sampling_noise(start, context, runs, index, t, z, rows, source_row, bar),
+                                  guidance_scale)
+
+                return euler_sample(velocity, latents, timesteps, sigmas, callback=callback)
 
     @torch.no_grad()
     def __call__(
@@ -193,20 +262,21 @@ class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
         negative_prompt: str = "",
         *,
         source_prompt: str = "",
-        method: str = "flowedit",
+        method: str = WAN_DEFAULTS["method"],
         attention_mode: str = "dsta+flatten",
         num_inference_steps: int = WAN_DEFAULTS["num_inference_steps"],
         guidance_scale: float = WAN_DEFAULTS["guidance_scale"],
-        source_guidance_scale: float = WAN_DEFAULTS["source_guidance_scale"],
-        n_max: int = WAN_DEFAULTS["n_max"],
-        n_min: int = WAN_DEFAULTS["n_min"],
-        n_avg: int = WAN_DEFAULTS["n_avg"],
+        source_guidance_scale: float | None = None,
+        n_max: int | None = None,
+        n_min: int | None = None,
+        n_avg: int | None = None,
+        inject_steps: int | None = None,
         generator: torch.Generator | None = None,
         flow_method: str = "raft",
         flatten_blocks: tuple[int, ...] | None = None,
-        window: int = 0,
-        overlap: int = 2,
-        anchors: int = 2,
+        window: int = WAN_DEFAULTS["window"],
+        overlap: int = WAN_DEFAULTS["overlap"],
+        anchors: int = WAN_DEFAULTS["anchors"],
         trajectories=None,
         latents: torch.Tensor | None = None,
         inversion: EditStart | None = None,
@@ -214,21 +284,28 @@ class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
     ):
-        """Edit a video with FlowEdit on Wan, FLATTEN on (``attention_mode="dsta+flatten"``) or off
-        (``"dsta"``, Wan's own attention).
+        """Edit a video on Wan with FlowEdit or inversion, FLATTEN on (``attention_mode="dsta+flatten"``)
+        or off (``"dsta"``, Wan's own attention).
 
         Args:
             video: (F, 3, H, W) tensor in [0, 1], (F, H, W, 3) array or PIL images; F = 4k+1,
                 sides multiples of 16 (Wan 2.1 1.3B: 81 frames at 832x480).
-            prompt, negative_prompt: the target, and the unconditional branch of both guidances.
+            prompt, negative_prompt: the target, and the unconditional branch of every guidance.
             source_prompt: what the source shows (default: empty).
+            method: ``"flowedit"`` (inversion-free) or ``"inversion"`` (ODE inversion, then
+                sampling with the source's self-attention query and key injected).
             num_inference_steps: the flow-matching schedule (the scheduler's shift kept).
-            n_max: editing steps (the first ``num_inference_steps - n_max`` are skipped);
-                n_min: last steps sampled plainly from the target; n_avg: noises averaged per step.
-            guidance_scale, source_guidance_scale: guidance of the target and source velocities.
+            guidance_scale: the target's guidance.
+            source_guidance_scale, n_max, n_min, n_avg: FlowEdit's: the source velocity's guidance,
+                the editing steps (the first ``num_inference_steps - n_max`` are skipped), the
+                last steps sampled plainly from the target, noises averaged per step (None: 3, 35,
+                0, 1).
+            inject_steps: inversion's: sampling steps that get the source's query and key (None: 40).
             generator: seeds the VAE sample, the trajectories and FlowEdit's noises.
             flatten_blocks: transformer blocks with flow-guided attention (None: every block).
-            window, overlap, anchors: long clips in latent frames (0: the whole clip).
+            window, overlap: long clips: source frames per window (4k+1; 0: the whole clip) and
+                source frames shared by neighbours (a multiple of 4); anchors: latent frames
+                spread over the clip that join every window.
             inversion: a start made before (:meth:`invert_video`): skips the flow and encoding.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
 
@@ -237,45 +314,56 @@ class FlattenWanPipeline(DiffusionPipeline, FlattenMixin):
         """
         # 1. Check inputs
         check_choice("output_type", output_type, OUTPUT_TYPES)
-        method = self._method_name(method)
+        method = self._method_name(inversion.method if inversion is not None else method)
         frames = None if video is None else frames_to_tensor(video)
-        self.check_flowedit(n_max, n_min, n_avg, num_inference_steps)
+        sampling = dict(source_guidance_scale=source_guidance_scale, n_max=n_max, n_min=n_min, n_avg=n_avg)
+        options = method_options(method, inject_steps=inject_steps, **sampling)
+        if method == "flowedit":
+            self.check_flowedit(options["n_max"], options["n_min"], options["n_avg"], num_inference_steps)
         if inversion is None:
             if frames is None:
                 raise ValueError("give the source video, or a start made from it")
-            # 2. Flow, trajectories at the token grid over latent frames, and the source latents
+            # 2. Flow, trajectories at the token grid over latent frames, and the start
             inversion = self.invert_video(
-                frames, num_inference_steps=num_inference_steps, generator=generator, flow_method=flow_method,
-                attention_mode=attention_mode, flatten_blocks=flatten_blocks, window=window, overlap=overlap,
-                anchors=anchors, trajectories=trajectories, latents=latents, method=method, source_prompt=source_prompt,
+                frames, num_inference_steps=num_inference_steps, inject_steps=inject_steps, generator=generator,
+                flow_method=flow_method, attention_mode=attention_mode, flatten_blocks=flatten_blocks, window=window,
+                overlap=overlap, anchors=anchors, trajectories=trajectories, latents=latents, method=method,
+                source_prompt=source_prompt,
             )
-        # 3. FlowEdit
-        edited = self.sample(
-            inversion, prompt, negative_prompt, guidance_scale=guidance_scale, source_guidance_scale=source_guidance_scale,
-            n_max=n_max, n_min=n_min, n_avg=n_avg, generator=generator, callback_on_step_end=callback_on_step_end,
-        )
+        elif inject_steps is not None and inject_steps != inversion.inject_steps:
+            raise ValueError(f"this inversion injects {inversion.inject_steps} steps: leave inject_steps out, or "
+                             "invert again with the new value")
+        # 3. The edit: FlowEdit, or sampling from the inversion
+        edited = self.sample(inversion, prompt, negative_prompt, guidance_scale=guidance_scale, generator=generator,
+                             callback_on_step_end=callback_on_step_end, **sampling)
         # 4. Decode
         result = edited if output_type == "latent" else frames_to_output(self.decode_latents(edited), output_type)
         self.maybe_free_model_hooks()
         return FlattenPipelineOutput(frames=result) if return_dict else (result,)
 
     @torch.no_grad()
-    def invert_video(self, video, *, num_inference_steps: int = WAN_DEFAULTS["num_inference_steps"], generator=None,
-                     flow_method: str = "raft", attention_mode: str = "dsta+flatten",
-                     flatten_blocks: tuple[int, ...] | None = None, window: int = 0, overlap: int = 2, anchors: int = 2,
-                     trajectories=None, latents=None, flows=None, method: str = "flowedit",
-                     source_prompt: str = "") -> EditStart:
-        """Everything before FlowEdit: flow, trajectories, the source latents; edit it with many
-        prompts (``pipe(inversion=..., prompt=...)``)."""
+    def invert_video(self, video, *, num_inference_steps: int = WAN_DEFAULTS["num_inference_steps"],
+                     inject_steps: int | None = None, generator=None, flow_method: str = "raft",
+                     attention_mode: str = "dsta+flatten", flatten_blocks: tuple[int, ...] | None = None,
+                     window: int = WAN_DEFAULTS["window"], overlap: int = WAN_DEFAULTS["overlap"],
+                     anchors: int = WAN_DEFAULTS["anchors"], trajectories=None, latents=None, flows=None,
+                     method: str = WAN_DEFAULTS["method"], source_prompt: str = "") -> EditStart:
+        """Everything before the edit: flow, trajectories, the source latents and (``inversion``)
+        the ODE inversion; edit it with many prompts (``pipe(inversion=..., prompt=...)``).
+        Arguments as in ``__call__``."""
         from ..models.context import FlattenConfig
 
         frames = frames_to_tensor(video)
+        method = self._method_name(method)
+        inject_steps = method_options(method, inject_steps=inject_steps).get("inject_steps", 0)
         self.check_source(attention_mode, frames, source_prompt)  # before the config, which would name another rule
-        config = FlattenConfig(attention_mode, window=window, overlap=overlap, anchors=anchors, blocks=flatten_blocks)
+        latent_frames_window, latent_overlap = latent_window(window, overlap, self.backbone.temporal_factor)
+        config = FlattenConfig(attention_mode, window=latent_frames_window, overlap=latent_overlap, anchors=anchors,
+                               blocks=flatten_blocks)
         check_at_least("num_inference_steps", num_inference_steps, 1)
-        self.check_inputs(frames, config=config, flow_method=flow_method, method=self._method_name(method),
-                          source_prompt=source_prompt)
-        request = EditRequest(frames=frames, config=config, num_inference_steps=num_inference_steps, generator=generator,
-                              flow_method=flow_method, trajectories=trajectories, latents=latents, flows=flows,
-                              source_prompt=source_prompt)
+        self.check_inputs(frames, config=config, num_inference_steps=num_inference_steps, inject_steps=inject_steps,
+                          flow_method=flow_method, method=method, source_prompt=source_prompt)
+        request = EditRequest(frames=frames, config=config, num_inference_steps=num_inference_steps,
+                              inject_steps=inject_steps, generator=generator, flow_method=flow_method,
+                              trajectories=trajectories, latents=latents, flows=flows, source_prompt=source_prompt)
         return self._make_start(request, method)

@@ -81,16 +81,23 @@ class EditMethod:
         raise NotImplementedError
 
 
-#: Method name -> method. A new method is one line here (or a :func:`register_method` call).
-METHODS: dict[str, EditMethod] = {}
+#: (sampler, method name) -> method: one name may have one method per sampler (``inversion`` is
+#: DDIM inversion for Stable Diffusion and ODE inversion for flow models). A new method is one
+#: :func:`register_method` call.
+METHODS: dict[tuple[str, str], EditMethod] = {}
 
 
 def register_method(method: EditMethod) -> EditMethod:
-    METHODS[method.name] = method
+    METHODS[(method.sampler, method.name)] = method
     return method
 
 
-def get_method(name: str) -> EditMethod:
-    """The registered method ``name``; ``ValueError`` naming the known ones otherwise."""
-    check_choice("editing method", name, tuple(METHODS))
-    return METHODS[name]
+def method_names(sampler: str) -> tuple[str, ...]:
+    """The names of the methods registered for ``sampler``, in registration order."""
+    return tuple(name for kind, name in METHODS if kind == sampler)
+
+
+def get_method(name: str, sampler: str = "ddim") -> EditMethod:
+    """The method ``name`` for ``sampler``; ``ValueError`` naming the known ones otherwise."""
+    check_choice("editing method", name, method_names(sampler))
+    return METHODS[(sampler, name)]

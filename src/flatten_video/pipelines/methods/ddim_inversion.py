@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 
+from ...choices import METHOD_OPTIONS
 from ...models.features import FeatureStore, feature_budget, store_estimate
 from ...timing import timed
 from ..inversion import FlattenInversion
@@ -27,7 +28,7 @@ class DDIMInversion(EditMethod):
     """DDIM inversion plus plug-and-play injection of the source features."""
 
     name = "inversion"
-    options = ("num_inversion_steps", "inject_steps")
+    options = METHOD_OPTIONS["inversion"]
 
     def start(self, pipe, request: EditRequest, trajectories: dict, timings: dict) -> FlattenInversion:
         device = pipe._execution_device

@@ -4,6 +4,7 @@ so the start is the source latents themselves and the edit is all in sampling
 
 from __future__ import annotations
 
+from ...choices import METHOD_OPTIONS
 from ...timing import timed
 from ..inversion import EditStart
 from .base import EditMethod, EditRequest, register_method
@@ -14,6 +15,7 @@ class FlowEditStart(EditMethod):
 
     name = "flowedit"
     sampler = "flow"
+    options = METHOD_OPTIONS["flowedit"]
 
     def start(self, pipe, request: EditRequest, trajectories: dict, timings: dict) -> EditStart:
         latents = request.latents
