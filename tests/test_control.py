@@ -172,6 +172,11 @@ def test_control_and_noise_start_through_the_command_line(source, tiny_sd_path, 
     output = tmp_path / "controlvideo.mp4"
     argv = edit_argv(source, output, tiny_sd_path, "--control", f"canny={controlnet_path}", "--init", "noise",
                      "--guidance", "12.5", "--control-scale", "0.8")
+    # A noise start inverts and injects nothing: the inversion's options are refused, in one line, before loading.
+    assert cli.main(argv) == 1
+    assert "--inversion-steps is the inversion method's; --method noise does not take it" in capsys.readouterr().err
+    for option in ("--inversion-steps", "--inject-steps"):
+        del argv[argv.index(option):argv.index(option) + 2]
     assert cli.main(argv) == 0
     assert capsys.readouterr().out.strip() == f"wrote {output}"
     # A condition video of the source's length works; one of another length is a clear line, before loading.

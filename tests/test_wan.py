@@ -424,3 +424,64 @@ def test_long_clips_run_in_windows_counted_in_source_frames(wan_pipe):
     windowed = edit(9)  # 3 latent frames a window, 1 shared, plus the anchor where it is outside
     assert windowed.shape == whole.shape and torch.isfinite(windowed).all()
     assert seen and max(seen) <= 4 and (windowed - whole).abs().max() > 0
+
+
+# -- LoRAs and the page --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wan_lora(wan_pipe, tmp_path_factory):
+    """A random LoRA on the tiny transformer's attention projections, saved as diffusers saves one."""
+    from diffusers.loaders import WanLoraLoaderMixin
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = WanTransformer3DModel.from_pretrained(pathlib.Path(wan_pipe.name_or_path) / "transformer")
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(0)
+    weights = {name: torch.randn(value.shape, generator=generator) * 0.5
+               for name, value in get_peft_model_state_dict(transformer).items()}
+    target = tmp_path_factory.mktemp("lora") / "wan-lora"
+    WanLoraLoaderMixin.save_lora_weights(target, transformer_lora_layers=weights, safe_serialization=True)
+    return target
+
+
+def test_a_lora_changes_the_wan_edit_and_flatten_runs_on_it(wan_pipe, wan_lora):
+    from flatten_video.pipelines.pipeline_flatten_wan import FlattenWanPipeline
+
+    pipe = FlattenWanPipeline.from_pretrained(wan_pipe.name_or_path)
+    pipe.set_progress_bar_config(disable=True)
+
+    def edit(**kwargs):
+        return pipe(clip9(), "a tiger", generator=torch.Generator().manual_seed(0), **FAST, **kwargs).frames
+
+    plain = edit()
+    pipe.load_loras([wan_lora], scale=0.7)
+    assert pipe.loras == [(str(wan_lora), 0.7)]
+    seen = []
+    styled = edit(callback_on_step_end=lambda p, i, t, kw: seen.append(
+        {type(m.processor) for _, m in p.backbone.self_attentions()}) or kw)
+    assert seen and all(kinds == {FlattenWanAttnProcessor} for kinds in seen)  # PEFT wraps to_q, not the processor
+    assert (styled - plain).abs().max() > 1e-3
+    pipe.set_adapters(["lora0"], [0.0])
+    torch.testing.assert_close(edit(), plain, atol=1e-5, rtol=1e-5)
+
+
+def test_the_page_for_a_wan_checkpoint_offers_wans_options_at_wans_defaults(wan_pipe, tmp_path):
+    from flatten_video.app import webui
+
+    editor = webui.Editor(str(wan_pipe.name_or_path), device="cpu", output_dir=tmp_path)
+    app = webui.build_app(editor)
+    widgets = {b.elem_id.removeprefix("option-").replace("-", "_"): b for b in app.blocks.values()
+               if str(getattr(b, "elem_id", "")).startswith("option-")}
+    hidden = {name for name, widget in widgets.items() if not widget.visible}
+    assert {"variant", "inversion_steps", "feature_mode", "control", "control_scale"} <= hidden
+    assert not hidden & {"n_max", "n_min", "n_avg", "source_guidance", "inject_steps", "method", "attention", "window"}
+    frames = widgets["frames"]
+    assert (frames.value, frames.minimum, frames.step) == (81, 5, 4) and (frames.maximum - 1) % 4 == 0
+    assert widgets["method"].value == "flowedit" and widgets["guidance"].value == 5.0
+    values = [widgets[name].value for name in webui.FORM_FIELDS]
+    values[webui.FORM_FIELDS.index("prompt")] = "a tiger"
+    settings = webui.form_settings(*values, family="wan")
+    settings.check()
+    assert settings.family == "wan" and settings.pipeline_kwargs()["n_max"] == 35
