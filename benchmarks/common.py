@@ -35,7 +35,8 @@ def smooth_flows(frames: int, height: int, width: int, scale: float = 6.0, seed:
 class AttentionFlops:
     """Counts the floating-point operations of FLATTEN's self-attention while active.
 
-    Wraps the two attention ops the processors call (dense and flow-guided) and adds
+    Wraps the two attention ops the processors call (dense and flow-guided; Stable Diffusion's
+    and Wan's) and adds
     4 * N * M * C per video for every softmax attention of N queries over M keys with C channels
     (Q K^T and the weighted sum of values, 2 FLOPs per multiply-add). Cross-attention is left out:
     its cost does not grow with the frames a token sees.
@@ -77,10 +78,25 @@ class AttentionFlops:
             return timed(flow_op, hidden, trajectories, heads, **kwargs)
 
         attention.multihead_attention, attention.flow_guided_attention = dense, flow_guided
+
+        from flatten_video.models import wan_attention
+
+        self._wan = (wan_attention.dispatch_attention_fn, wan_attention.flow_guided_attention)
+        wan_dense_op = self._wan[0]
+
+        def wan_dense(query, key, value, **kwargs):  # (B, N, heads, d): Wan's dense attention
+            batch, tokens, heads, channels = query.shape
+            self.dense += 4 * batch * tokens * key.shape[1] * heads * channels
+            return timed(wan_dense_op, query, key, value, **kwargs)
+
+        wan_attention.dispatch_attention_fn, wan_attention.flow_guided_attention = wan_dense, flow_guided
         return self
 
     def __exit__(self, *exc):
+        from flatten_video.models import wan_attention
+
         self._module.multihead_attention, self._module.flow_guided_attention = self._originals
+        wan_attention.dispatch_attention_fn, wan_attention.flow_guided_attention = self._wan
 
 
 class PeakMemory:

@@ -11,9 +11,13 @@
 #    default 10/20/8; the paper's 50/100/40 is FULL=1): seconds per U-Net call give the full time;
 # 3. 128 frames edited in windows of 32 (docs/architecture.md, Long clips) against 32 frames, same steps;
 # 4. an SDXL edit of 16 frames at 1024x1024;
-# 5. speed levers on the 32-frame U-Net evaluation: bf16, SDPA backends flash / efficient /
+# 5. Wan 2.1 1.3B (bf16, random weights, the whole UMT5-XXL text encoder under model CPU offload):
+#    one transformer evaluation of 81 frames at 832x480, dsta vs dsta+flatten (target <= 1.05x);
+#    FlowEdit of 81 frames with and without FLATTEN (WAN_STEPS, default 4 of the 50; peak <= 16 GB);
+#    241 frames in windows of 81 (peak <= 1.2x the 81-frame one);
+# 6. speed levers on the 32-frame U-Net evaluation: bf16, SDPA backends flash / efficient /
 #    cuDNN, channels-last, torch.compile of the U-Net's blocks (slowest to start, so last);
-# then a table of everything (summary.md) beside the JSON and text files. About 7 minutes on an H200.
+# then a table of everything (summary.md) beside the JSON and text files. About 10 minutes on an H200.
 set -uo pipefail
 OUT=$(realpath -m "${1:-./gpu-results}")
 mkdir -p "$OUT"
@@ -41,6 +45,10 @@ run paper sd21 --frames 32 "${SIZE[@]}" "${PAPER[@]}" --dtype float16 --attentio
 run long-32 sd21 --frames 32 "${SIZE[@]}" "${EDIT[@]}" --dtype float16 --window 32
 run long-128 sd21 --frames 128 "${SIZE[@]}" "${EDIT[@]}" --dtype float16 --window 32
 run sdxl-16 sdxl --frames 16 --width 1024 --height 1024 "${EDIT[@]}" --dtype float16
+WAN=(--width 832 --height 480 --dtype bfloat16 --text-encoder full --cpu-offload)
+run wan-pass wan21-1.3b --unet-pass --frames 81 --width 832 --height 480 --dtype bfloat16 --attention dsta dsta+flatten
+run wan-81 wan21-1.3b --frames 81 "${WAN[@]}" --steps "${WAN_STEPS:-4}" --attention dsta dsta+flatten
+run wan-241 wan21-1.3b --frames 241 "${WAN[@]}" --steps "${WAN_STEPS:-4}" --window 81 --overlap 8
 run unet-f32-bf16 sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype bfloat16 --attention dsta dsta+flatten
 run unet-f32-backends sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --sdpa-backend flash efficient cudnn
 run unet-f32-channels-last sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --channels-last

@@ -1,7 +1,8 @@
-"""A whole edit on the real Stable Diffusion architectures, with random weights: time per stage,
-U-Net calls, attention FLOPs and FLOP/s, and peak memory, side by side for several attention modes.
+"""A whole edit on the real Stable Diffusion and Wan architectures, with random weights: time per
+stage, denoiser calls, attention FLOPs and FLOP/s, and peak memory, side by side for several
+attention modes.
 
-Timing and memory do not depend on the weights' values, so nothing is downloaded: the U-Net, VAE
+Timing and memory do not depend on the weights' values, so nothing is downloaded: the denoiser, VAE
 and text encoder are built from the published configs kept in ``benchmarks/configs/`` (``tiny`` is
 the random tiny SD of tests/data/reference-cases). The edit goes through the pipeline's public path:
 ``invert_video`` (DIS flow, trajectories, VAE encoding, inversion), ``sample``, ``decode_latents``.
@@ -9,6 +10,11 @@ the random tiny SD of tests/data/reference-cases). The edit goes through the pip
     python benchmarks/pipeline.py --arch sd21 --frames 4 --width 256 --height 256 --steps 2 \\
         --inversion-steps 4 --inject-steps 2 --attention spatial dsta dsta+flatten
     python benchmarks/pipeline.py --arch tiny --unet-pass --frames 3 --width 512 --height 512
+    python benchmarks/pipeline.py --arch wan21-1.3b --frames 9 --width 256 --height 256 --steps 2 \\
+        --attention dsta dsta+flatten      # FlowEdit (--method inversion: the paper's recipe)
+
+On Wan, ``--unet-pass`` times one transformer evaluation, and the text encoder is a one-layer
+stand-in of UMT5-XXL's width unless ``--text-encoder full`` (5.7B parameters: 11 GB in bfloat16).
 
 Peak memory is CUDA's max allocated bytes on a GPU and the peak resident memory above the start on
 the CPU. ``--json FILE`` writes the same figures.
@@ -33,11 +39,50 @@ from flatten_video.timing import timed
 
 HERE = pathlib.Path(__file__).resolve().parent
 TINY_SD = HERE.parent / "tests" / "data" / "reference-cases" / "tiny-sd"
-ARCHS = ("tiny", "sd15", "sd21", "sdxl")
+ARCHS = ("tiny", "sd15", "sd21", "sdxl", "wan21-1.3b")
+PROMPT = "a tiger, high quality"
 
 
-def build(arch: str, device: str, dtype: torch.dtype) -> FlattenPipeline:
+def is_wan(arch: str) -> bool:
+    return arch.startswith("wan")
+
+
+def denoiser(pipe):
+    return getattr(pipe, pipe.denoiser_name)
+
+
+def build_wan(arch: str, device: str, dtype: torch.dtype, text_encoder: str = "small"):
+    """Wan with random weights from its config; the text encoder is UMT5-XXL (``"full"``) or a
+    one-layer encoder of its width (``"small"``: the transformer reads the same shapes)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    from flatten_video import FlattenWanPipeline
+    from flatten_video.pipelines.schedule import flow_scheduler
+
+    spec = json.loads((HERE / "configs" / f"{arch}.json").read_text())
+    words = ["<pad>", "</s>", "<unk>", *PROMPT.replace(",", " ").split()]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                        model_max_length=512)
+    encoder = dict(spec["text_encoder"])
+    if text_encoder == "small":
+        encoder.update(vocab_size=len(words), num_layers=1)
+    torch.manual_seed(0)
+    with torch.device(device):
+        transformer = WanTransformer3DModel.from_config(spec["transformer"]).to(dtype).eval()
+        vae = AutoencoderKLWan.from_config(spec["vae"]).to(dtype).eval()
+        umt5 = UMT5EncoderModel(UMT5Config(**encoder)).to(dtype).eval()
+    return FlattenWanPipeline(tokenizer=tokenizer, text_encoder=umt5, vae=vae, transformer=transformer,
+                              scheduler=flow_scheduler(spec["scheduler"]))
+
+
+def build(arch: str, device: str, dtype: torch.dtype, text_encoder: str = "small") -> FlattenPipeline:
     """The architecture with random weights, on ``device`` in ``dtype``."""
+    if is_wan(arch):
+        return build_wan(arch, device, dtype, text_encoder)
     if arch == "tiny":
         pipe = FlattenPipeline.from_pretrained(TINY_SD)
         return pipe.to(device, dtype)
@@ -78,44 +123,52 @@ def count_unet_calls(unet) -> list:
 
 
 def edit(pipe: FlattenPipeline, frames: torch.Tensor, args, mode: str, device: str) -> dict:
-    """One whole edit; its stages' seconds, U-Net calls, attention FLOPs and peak memory."""
-    calls = count_unet_calls(pipe.unet)
+    """One whole edit; its stages' seconds, denoiser calls, attention FLOPs and peak memory."""
+    calls = count_unet_calls(denoiser(pipe))
     generator = torch.Generator().manual_seed(66)
     timings: dict[str, float] = {}
+    if is_wan(args.arch):  # FlowEdit (every step edits) or the paper's inversion, Wan's guidance
+        start_kwargs = dict(method=args.method, inject_steps=args.inject_steps if args.method == "inversion" else None,
+                            overlap=args.overlap)
+        sample_kwargs = dict(guidance_scale=5.0, **(dict(n_max=args.steps) if args.method == "flowedit" else {}))
+    else:
+        start_kwargs = dict(num_inversion_steps=args.inversion_steps, inject_steps=args.inject_steps,
+                            feature_mode=args.feature_mode)
+        sample_kwargs = dict(guidance_scale=10.0)
     with PeakMemory(device) as memory, AttentionFlops(device) as flops:
         with timed(timings, "flow", device):
             flows = estimate_flow(frames, "dis", progress=False)
-        inversion = pipe.invert_video(
-            frames, generator=generator, flows=flows, num_inference_steps=args.steps, num_inversion_steps=args.inversion_steps,
-            inject_steps=args.inject_steps, attention_mode=mode, feature_mode=args.feature_mode, window=args.window,
-        )
+        inversion = pipe.invert_video(frames, generator=generator, flows=flows, num_inference_steps=args.steps,
+                                      attention_mode=mode, window=args.window, **start_kwargs)
         timings.update(inversion.timings)
         with timed(timings, "sample", device):
-            latents = pipe.sample(inversion, "a tiger, high quality", guidance_scale=10.0, generator=generator)
+            latents = pipe.sample(inversion, PROMPT, generator=generator, **sample_kwargs)
         with timed(timings, "decode", device):
             pipe.decode_latents(latents)
-    unet_seconds = timings["invert"] + timings["sample"]
+    unet_seconds = timings.get("invert", 0.0) + timings["sample"]
     return dict(
         mode=mode, timings=timings, total=sum(timings.values()), unet_calls=len(calls),
         seconds_per_call=unet_seconds / max(len(calls), 1), attention_flops_per_call=flops.total / max(len(calls), 1),
         attention_seconds=flops.seconds, attention_flops_per_second=flops.total / flops.seconds if flops.seconds else None,
-        peak_bytes=memory.peak, feature_mode=inversion.feature_mode,
+        peak_bytes=memory.peak, feature_mode=getattr(inversion, "feature_mode", None),
     )
 
 
 def unet_pass(pipe: FlattenPipeline, args, mode: str, device: str, dtype, num_frames: int) -> dict:
-    """One U-Net evaluation of a guidance batch (2 videos) with FLATTEN, as the paper's code runs it.
-    An untimed evaluation comes first, so kernel loading and autotuning are not counted."""
+    """One denoiser evaluation of a guidance batch (2 videos) with FLATTEN, as the paper's code runs
+    it (on Wan: a FlowEdit step's batch of the source and target rows). An untimed evaluation comes
+    first, so kernel loading and autotuning are not counted."""
     from flatten_video import FlattenConfig
 
     h, w = args.height // pipe.vae_scale_factor, args.width // pipe.vae_scale_factor
     frames = panning_frames(num_frames, args.height, args.width)
     trajectories = pipe.prepare_trajectories(frames, flow_method="dis", progress=False) if mode in ("flatten", "dsta+flatten") else {}
-    latents = torch.randn(2, 4, num_frames, h, w, device=device, dtype=dtype)
-    row = pipe.encode_conditioning("a tiger", args.height, args.width)
+    latent_frames = pipe.backbone.num_latent_frames(num_frames)
+    latents = torch.randn(2, pipe.backbone.in_channels, latent_frames, h, w, device=device, dtype=dtype)
+    row = pipe.encode_conditioning(PROMPT, args.height, args.width)
     conditioning = Conditioning.cat([row, row])
     config = FlattenConfig(attention_mode=mode, window=0)
-    with pipe.flatten_enabled(config, num_frames, trajectories), torch.no_grad():
+    with pipe.flatten_enabled(config, latent_frames, trajectories), torch.no_grad():
         pipe.predict_noise(latents, 501, conditioning)
         with PeakMemory(device) as memory, AttentionFlops(device) as flops:
             start = time.perf_counter()
@@ -177,7 +230,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--attention", choices=ATTENTION_MODES, nargs="+", default=["dsta+flatten"])
     parser.add_argument("--feature-mode", choices=("stored", "recompute", "auto"), default="auto")
-    parser.add_argument("--window", type=int, default=32, help="co-denoising window (0: whole clip)")
+    parser.add_argument("--window", type=int, default=None, help="co-denoising window in source frames (0: whole clip; "
+                        "default: 32, Wan 81)")
+    parser.add_argument("--overlap", type=int, default=8, help="Wan: source frames shared by windows (default: 8)")
+    parser.add_argument("--method", choices=("flowedit", "inversion"), default="flowedit", help="Wan's editing method")
+    parser.add_argument("--text-encoder", choices=("small", "full"), default="small",
+                        help="Wan: a one-layer stand-in of UMT5-XXL's width, or all of it")
     parser.add_argument("--sdpa-backend", choices=("flash", "efficient", "cudnn", "math"), nargs="+", default=None,
                         help="several only with --unet-pass: each is timed in turn")
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net's blocks")
@@ -188,9 +246,14 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
+    if args.window is None:
+        args.window = 81 if is_wan(args.arch) else 32
+    if args.compile or args.channels_last or args.controlnet:
+        if is_wan(args.arch):
+            parser.error("--compile, --channels-last and --controlnet are the U-Net's")
 
     start = time.perf_counter()
-    pipe = build(args.arch, "cpu" if args.cpu_offload else args.device, dtype)
+    pipe = build(args.arch, "cpu" if args.cpu_offload else args.device, dtype, args.text_encoder)
     if args.cpu_offload:
         pipe.enable_model_cpu_offload()
     pipe.set_progress_bar_config(disable=True)
@@ -203,12 +266,13 @@ def main() -> None:
         pipe.unet.mid_block.compile()
     built = time.perf_counter() - start
     print(f"machine: {machine()}, device {args.device}, {str(dtype).removeprefix('torch.')}")
-    print(f"{args.arch}: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M U-Net parameters, built in {built:.1f} s")
+    print(f"{args.arch}: {sum(p.numel() for p in denoiser(pipe).parameters()) / 1e6:.0f}M {pipe.denoiser_name} parameters, "
+          f"built in {built:.1f} s")
     results = []
     if args.unet_pass:
         for backend in args.sdpa_backend or [None]:
             for num_frames in args.frames:
-                print(f"one U-Net evaluation, 2 videos x {num_frames} frames at {args.width}x{args.height}"
+                print(f"one {pipe.denoiser_name} evaluation, 2 videos x {num_frames} frames at {args.width}x{args.height}"
                       + (f", SDPA backend {backend}" if backend else ""))
                 for mode in args.attention:
                     try:
@@ -230,8 +294,13 @@ def main() -> None:
             parser.error("a whole edit takes one --frames and at most one --sdpa-backend")
         num_frames = args.frames[0]
         frames = panning_frames(num_frames, args.height, args.width)
-        print(f"edit of {num_frames} frames at {args.width}x{args.height}: {args.inversion_steps} inversion steps, "
-              f"{args.steps} sampling steps ({args.inject_steps} injected), feature mode {args.feature_mode}, window {args.window}")
+        if is_wan(args.arch):
+            print(f"Wan {args.method} of {num_frames} frames at {args.width}x{args.height}: {args.steps} steps"
+                  f"{f' ({args.inject_steps} injected)' if args.method == 'inversion' else ''}, window {args.window}")
+        else:
+            print(f"edit of {num_frames} frames at {args.width}x{args.height}: {args.inversion_steps} inversion steps, "
+                  f"{args.steps} sampling steps ({args.inject_steps} injected), feature mode {args.feature_mode}, "
+                  f"window {args.window}")
         with sdpa_backend((args.sdpa_backend or [None])[0]):
             for mode in args.attention:
                 results.append(edit(pipe, frames, args, mode, args.device))
@@ -249,8 +318,8 @@ def print_table(results: list[dict]) -> None:
         print(f"{stage + ' s':>22}" + "".join(f"{r['timings'].get(stage, 0.0):>{width}.3f}" for r in results))
     rows = [
         ("total s", lambda r: f"{r['total']:.3f}"),
-        ("U-Net calls", lambda r: f"{r['unet_calls']}"),
-        ("s per U-Net call", lambda r: f"{r['seconds_per_call']:.3f}"),
+        ("denoiser calls", lambda r: f"{r['unet_calls']}"),
+        ("s per denoiser call", lambda r: f"{r['seconds_per_call']:.3f}"),
         ("attn GFLOP per call", lambda r: f"{r['attention_flops_per_call'] / 1e9:.2f}"),
         ("attn GFLOP/s", lambda r: f"{r['attention_flops_per_second'] / 1e9:.1f}" if r["attention_flops_per_second"] else "-"),
         ("peak GiB", lambda r: f"{r['peak_bytes'] / 2**30:.3f}"),
@@ -260,7 +329,7 @@ def print_table(results: list[dict]) -> None:
     base = results[0]
     for r in results[1:]:
         print(f"{r['mode']} / {base['mode']}: total {r['total'] / base['total']:.2f}x, "
-              f"U-Net call {r['seconds_per_call'] / base['seconds_per_call']:.2f}x")
+              f"denoiser call {r['seconds_per_call'] / base['seconds_per_call']:.2f}x")
 
 
 if __name__ == "__main__":
