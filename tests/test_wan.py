@@ -485,3 +485,44 @@ def test_the_page_for_a_wan_checkpoint_offers_wans_options_at_wans_defaults(wan_
     settings = webui.form_settings(*values, family="wan")
     settings.check()
     assert settings.family == "wan" and settings.pipeline_kwargs()["n_max"] == 35
+
+
+# -- Wan 2.2 A14B: two experts -------------------------------------------------------------------
+
+
+def test_two_experts_both_get_flatten_and_hand_over_at_the_boundary(wan, wan_pipe, tmp_path):
+    import json
+
+    from flatten_video.models.install import self_attention_modules
+    from flatten_video.pipelines import pipeline_for_index
+    from flatten_video.pipelines.pipeline_flatten_wan import FlattenWanPipeline
+
+    source = FlattenWanPipeline.from_pretrained(wan_pipe.name_or_path)
+    torch.manual_seed(7)
+    low_noise = WanTransformer3DModel.from_config(wan.config).eval()
+    two = FlattenWanPipeline(**{name: component for name, component in source.components.items()
+                                if name != "transformer_2"}, transformer_2=low_noise, boundary_ratio=0.5)
+    two.save_pretrained(tmp_path / "a14b", safe_serialization=True)
+    index = json.loads((tmp_path / "a14b" / "model_index.json").read_text())
+    assert pipeline_for_index(index) is FlattenWanPipeline and index["boundary_ratio"] == 0.5
+    pipe = FlattenWanPipeline.from_pretrained(tmp_path / "a14b")
+    pipe.set_progress_bar_config(disable=True)
+
+    calls = []
+    for name in ("transformer", "transformer_2"):
+        getattr(pipe, name).register_forward_pre_hook(lambda module, args, kwargs, name=name: calls.append(
+            (name, float(kwargs["timestep"][0]), {type(m.processor) for _, m in self_attention_modules(module)})),
+            with_kwargs=True)
+    frames = clip9()
+    start = pipe.invert_video(frames, num_inference_steps=4, flow_method="dis", generator=torch.Generator().manual_seed(0))
+    out = pipe(inversion=start, prompt="a tiger", num_inference_steps=4, n_max=4, output_type="latent",
+               generator=torch.Generator().manual_seed(1)).frames
+    assert {name for name, _, _ in calls} == {"transformer", "transformer_2"}
+    assert all((t >= 500) == (name == "transformer") for name, t, _ in calls)  # boundary 0.5 x 1000
+    assert all(kinds == {FlattenWanAttnProcessor} for _, _, kinds in calls)
+    assert len(pipe.backbone.self_attentions()) == 4 and torch.isfinite(out).all()
+    stock = {type(m.processor) for _, m in pipe.backbone.self_attentions()}
+    assert FlattenWanAttnProcessor not in stock
+    same = pipe(inversion=start, prompt="", guidance_scale=3.0, source_guidance_scale=3.0, num_inference_steps=4,
+                n_max=4, output_type="latent", generator=torch.Generator().manual_seed(1)).frames
+    assert torch.equal(same, start.latents)  # FlowEdit's identity holds across the hand-over

@@ -25,10 +25,36 @@ from .base import Backbone, register_backbone
 
 
 class WanBackbone(Backbone):
-    """A diffusers ``WanTransformer3DModel`` with FLATTEN in its self-attention."""
+    """A diffusers ``WanTransformer3DModel`` with FLATTEN in its self-attention; or Wan 2.2's two
+    experts: ``denoiser`` for the high-noise timesteps (at or above ``boundary_timestep``) and
+    ``low_noise`` below it, both with FLATTEN.
+
+    Args:
+        denoiser: the (high-noise) transformer.
+        spatial_factor: the VAE's pixels per latent.
+        low_noise: Wan 2.2 A14B's ``transformer_2`` (None: one transformer for every step).
+        boundary_timestep: where the experts hand over (``boundary_ratio`` x the training timesteps).
+    """
 
     temporal_factor = FAMILIES["wan"].temporal_factor
     component = "transformer"
+
+    def __init__(self, denoiser: torch.nn.Module, spatial_factor: int, low_noise: torch.nn.Module | None = None,
+                 boundary_timestep: float | None = None):
+        super().__init__(denoiser, spatial_factor)
+        if low_noise is not None and boundary_timestep is None:
+            raise ValueError("two Wan experts need the boundary timestep where they hand over (boundary_ratio)")
+        self.low_noise, self.boundary_timestep = low_noise, boundary_timestep
+
+    def experts(self) -> list[tuple[str, torch.nn.Module]]:
+        """(name prefix, transformer) of each expert: the one, or the high- then the low-noise one."""
+        return [("", self.denoiser)] + ([("transformer_2.", self.low_noise)] if self.low_noise is not None else [])
+
+    def expert_for(self, timestep: float) -> torch.nn.Module:
+        """The transformer that denoises at ``timestep``, as diffusers' Wan pipeline picks it."""
+        if self.low_noise is None or timestep >= self.boundary_timestep:
+            return self.denoiser
+        return self.low_noise
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -49,8 +75,8 @@ class WanBackbone(Backbone):
         return [(latent_size[0] // ph, latent_size[1] // pw)]
 
     def self_attentions(self) -> list[tuple[str, torch.nn.Module]]:
-        """(name, module) of every block's self-attention, found by meaning."""
-        return self_attention_modules(self.denoiser)
+        """(name, module) of every block's self-attention in every expert, found by meaning."""
+        return [(prefix + name, module) for prefix, expert in self.experts() for name, module in self_attention_modules(expert)]
 
     def injection_points(self) -> InjectionSpec:
         """The self-attention query and key of every block: a transformer has no decoder levels,
@@ -64,10 +90,12 @@ class WanBackbone(Backbone):
         injected = set(self.injection_points().attentions)
         stock = []
         try:
-            for index, (name, module) in enumerate(self.self_attentions()):
-                stock.append((module, module.processor))
-                flow_guided = context.blocks is None or index in context.blocks
-                module.set_processor(FlattenWanAttnProcessor(context, name, name in injected, flow_guided))
+            for prefix, expert in self.experts():
+                for block, (name, module) in enumerate(self_attention_modules(expert)):  # blocks counted per expert
+                    stock.append((module, module.processor))
+                    flow_guided = context.blocks is None or block in context.blocks
+                    module.set_processor(FlattenWanAttnProcessor(context, prefix + name, prefix + name in injected,
+                                                                 flow_guided))
             yield context
         finally:
             for module, processor in stock:
@@ -80,13 +108,15 @@ class WanBackbone(Backbone):
         conditioning,
         extra_kwargs: Callable[[torch.Tensor, int, object, dict], dict] | None = None,
     ) -> torch.Tensor:
-        """The flow-matching velocity of a batch of videos; each row reads its own text embedding."""
-        sample = latents.to(self.denoiser.dtype)
-        kwargs = {"encoder_hidden_states": conditioning.encoder_hidden_states.to(self.denoiser.dtype)}
+        """The flow-matching velocity of a batch of videos, by the expert of ``timestep``; each row
+        reads its own text embedding."""
+        model = self.expert_for(float(timestep))
+        sample = latents.to(model.dtype)
+        kwargs = {"encoder_hidden_states": conditioning.encoder_hidden_states.to(model.dtype)}
         if extra_kwargs is not None:
             kwargs.update(extra_kwargs(sample, timestep, conditioning, kwargs))
         t = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32).reshape(-1).expand(len(sample))
-        velocity = self.denoiser(hidden_states=sample, timestep=t, return_dict=False, **kwargs)[0]
+        velocity = model(hidden_states=sample, timestep=t, return_dict=False, **kwargs)[0]
         return velocity.to(latents.dtype)
 
 

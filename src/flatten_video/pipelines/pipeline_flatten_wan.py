@@ -20,6 +20,7 @@ from diffusers import AutoencoderKLWan, DiffusionPipeline, WanTransformer3DModel
 from diffusers.loaders import WanLoraLoaderMixin
 
 from .. import defaults
+from ..backbones.wan import WanBackbone
 from ..choices import METHOD_OPTIONS
 from ..families import FAMILIES
 from ..latent_frames import latent_window
@@ -55,18 +56,21 @@ def method_options(method: str, **given) -> dict:
 
 
 class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin, FlattenMixin):
-    """Video-to-video editing of Wan 2.1 text-to-video checkpoints with FlowEdit or inversion, and
-    FLATTEN. LoRAs of the transformer load with :meth:`load_loras` (diffusers' ``load_lora_weights``).
+    """Video-to-video editing of Wan 2.1 and Wan 2.2 A14B text-to-video checkpoints with FlowEdit or
+    inversion, and FLATTEN. LoRAs of the transformer load with :meth:`load_loras` (diffusers'
+    ``load_lora_weights``).
 
     Args:
         tokenizer, text_encoder: UMT5 and its tokenizer.
         vae: ``AutoencoderKLWan``: causal 3-D, 4 source frames per latent frame after the first,
             8x spatially, latents normalised per channel.
-        transformer: ``WanTransformer3DModel``.
+        transformer: ``WanTransformer3DModel`` (Wan 2.2 A14B: the high-noise expert).
         scheduler: the checkpoint's scheduler; its shift sets the flow-matching levels.
+        transformer_2, boundary_ratio: Wan 2.2 A14B's low-noise expert and where it takes over.
     """
 
-    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    model_cpu_offload_seq = "text_encoder->transformer->transformer_2->vae"
+    _optional_components = ["transformer_2"]
     denoiser_name = "transformer"
     #: Its family (:data:`flatten_video.families.FAMILIES`) and working size.
     family = "wan"
@@ -79,12 +83,26 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
     sampler = "flow"
     attention_modes = FAMILIES["wan"].attention_modes
 
-    def __init__(self, tokenizer, text_encoder, vae: AutoencoderKLWan, transformer: WanTransformer3DModel, scheduler):
+    def __init__(self, tokenizer, text_encoder, vae: AutoencoderKLWan, transformer: WanTransformer3DModel, scheduler,
+                 transformer_2: WanTransformer3DModel | None = None, boundary_ratio: float | None = None):
         super().__init__()
+        if transformer_2 is not None and boundary_ratio is None:
+            raise ValueError("a two-expert Wan checkpoint needs boundary_ratio (where transformer_2 takes over)")
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                              scheduler=scheduler)
+                              scheduler=scheduler, transformer_2=transformer_2)
+        self.register_to_config(boundary_ratio=boundary_ratio)
         self.vae_scale_factor = vae.config.scale_factor_spatial
         self.loras: list[tuple[str, float]] = []
+
+    @property
+    def backbone(self) -> WanBackbone:
+        """The transformer as FLATTEN sees it; Wan 2.2 A14B's two experts both get FLATTEN, the
+        low-noise one (``transformer_2``) denoising below ``boundary_ratio`` x the training
+        timesteps, as in diffusers' Wan pipeline."""
+        if self.transformer_2 is None:
+            return WanBackbone(self.transformer, self.vae_scale_factor)
+        boundary = self.config.boundary_ratio * self.scheduler.config.num_train_timesteps
+        return WanBackbone(self.transformer, self.vae_scale_factor, self.transformer_2, boundary)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "FlattenWanPipeline":

@@ -28,11 +28,14 @@ class PipelineEntry:
     family: str
     denoiser: tuple[str, str]
     requires: tuple[str, ...] = ()
-    refuses: tuple[tuple[str, str], ...] = ()
+    refuses: tuple[tuple[str, str], ...] = ()  # (model_index.json key, why a checkpoint that sets it is refused)
+    refused_pipelines: tuple[tuple[str, str], ...] = ()  # (pipeline class saved, why it is refused)
 
     def refusal(self, index: dict) -> str | None:
         """Why a checkpoint of this denoiser cannot be edited (it needs inputs the edit lacks), or None."""
-        return next((why for component, why in self.refuses if index.get(component) not in (None, [None, None])), None)
+        why = dict(self.refused_pipelines).get(index.get("_class_name"))
+        return why or next((why for component, why in self.refuses
+                            if index.get(component) not in (None, False, [None, None])), None)
 
     def matches(self, index: dict) -> bool:
         component, cls = self.denoiser
@@ -45,9 +48,11 @@ class PipelineEntry:
 PIPELINES: list[PipelineEntry] = [
     PipelineEntry(FlattenSDXLPipeline, "Stable Diffusion XL", ("unet", "UNet2DConditionModel"), ("text_encoder_2",)),
     PipelineEntry(FlattenPipeline, "Stable Diffusion 1.x/2.x", ("unet", "UNet2DConditionModel")),
-    PipelineEntry(FlattenWanPipeline, "Wan 2.1 text-to-video", ("transformer", "WanTransformer3DModel"), refuses=(
+    PipelineEntry(FlattenWanPipeline, "Wan 2.1 / 2.2 A14B text-to-video", ("transformer", "WanTransformer3DModel"), refuses=(
         ("image_encoder", "an image-to-video checkpoint, which needs an image to start from"),
-        ("transformer_2", "a two-expert Wan 2.2 checkpoint, which this version does not run yet"),
+        ("expand_timesteps", "Wan 2.2 TI2V-5B, whose per-token timesteps and 48-channel VAE this version does not run yet"),
+    ), refused_pipelines=(
+        ("WanImageToVideoPipeline", "an image-to-video checkpoint, which needs an image to start from"),
     )),
 ]
 
