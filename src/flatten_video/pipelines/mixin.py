@@ -395,27 +395,47 @@ class FlattenMixin:
             (1, C, F', h, w) final latents.
         """
         latents = inversion.latents.to(self._execution_device)
-        rows = self._conditioning(prompt, latents)
-        if guidance_scale > 1.0:
-            rows = Conditioning.cat([self._conditioning(negative_prompt, latents), rows])
-        injects = isinstance(inversion, FlattenInversion) and inversion.inject_steps > 0
-        recompute = injects and inversion.feature_mode == "recompute"
-        source_row = self.source_conditioning(inversion.source_prompt, latents) if recompute else None
-        store = FeatureStore() if recompute else getattr(inversion, "features", None)
-
+        rows = self._guidance_rows(prompt, negative_prompt, guidance_scale, latents)
         timesteps = sampling_timesteps(self.scheduler, inversion.num_inference_steps)
-        num_latent_frames = inversion.num_latent_frames
-        with self.flatten_enabled(inversion.config, num_latent_frames, inversion.trajectories, store, phase="sampling") as context:
-            runs = plan_runs(inversion.config, num_latent_frames, context.trajectories, self._execution_device)
+        return self._sample_with_injection(
+            inversion, rows, guidance_scale, len(timesteps),
+            lambda model: ddim_sample(model, latents, self.scheduler, timesteps, eta=eta, generator=generator,
+                                      callback=self._step_callback(callback_on_step_end)),
+        )
+
+    def _guidance_rows(self, text: str, negative_prompt: str, scale: float, latents: torch.Tensor) -> Conditioning:
+        """The rows of one prompt: (negative, prompt) when guided (``scale > 1``), else the prompt's."""
+        rows = self._conditioning(text, latents)
+        return Conditioning.cat([self._conditioning(negative_prompt, latents), rows]) if scale > 1.0 else rows
+
+    def _sample_with_injection(self, start: EditStart, rows: Conditioning, guidance_scale: float, steps: int,
+                               sampler: Callable) -> torch.Tensor:
+        """What sampling from a start shares whatever the sampler: FLATTEN scoped as the start
+        records, the windows, the source features injected in the first ``start.inject_steps``
+        steps (stored, or recomputed from a leading source row), guidance, a progress bar.
+
+        Args:
+            rows: the guidance rows of the target prompt.
+            steps: the model evaluations ``sampler`` makes (for the bar).
+            sampler: ``sampler(model)`` runs the loop with ``model(latents, index, t)``, the guided
+                prediction of a step, and returns the final latents.
+        """
+        injects = isinstance(start, FlattenInversion) and start.inject_steps > 0
+        recompute = injects and start.feature_mode == "recompute"
+        latents = start.latents
+        source_row = self.source_conditioning(start.source_prompt, latents) if recompute else None
+        store = FeatureStore() if recompute else getattr(start, "features", None)
+        num_latent_frames = start.num_latent_frames
+        with self.flatten_enabled(start.config, num_latent_frames, start.trajectories, store, phase="sampling") as context:
+            runs = plan_runs(start.config, num_latent_frames, context.trajectories, self._execution_device)
             share = len(process_share(runs)[0])
-            with self._progress(len(timesteps) * share, "Sampling", share) as bar:
+            with self._progress(steps * share, "Sampling", share) as bar:
 
                 def model(latents, index, t):
-                    noise = self._sampling_noise(inversion, context, runs, index, t, latents, rows, source_row, bar)
+                    noise = self._sampling_noise(start, context, runs, index, t, latents, rows, source_row, bar)
                     return guided(noise, guidance_scale)
 
-                return ddim_sample(model, latents, self.scheduler, timesteps, eta=eta, generator=generator,
-                                   callback=self._step_callback(callback_on_step_end))
+                return sampler(model)
 
     def _step_callback(self, callback_on_step_end: Callable | None):
         """diffusers' ``callback_on_step_end(pipe, step, timestep, {"latents": ...})`` as a sampler's

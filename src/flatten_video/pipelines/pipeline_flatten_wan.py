@@ -24,7 +24,6 @@ from ..backbones.wan import WanBackbone
 from ..choices import METHOD_OPTIONS
 from ..families import FAMILIES
 from ..latent_frames import latent_window
-from ..models.features import FeatureStore
 from ..validation import check_at_least, check_choice, check_text
 from .conditioning import Conditioning
 from .inversion import EditStart
@@ -179,11 +178,6 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
                 if side % multiple:
                     raise ValueError(f"the frame {name} {side} is not a multiple of {multiple} (Wan's VAE and patch)")
 
-    def _guidance_rows(self, text: str, negative_prompt: str, scale: float, latents: torch.Tensor) -> Conditioning:
-        """The rows of one prompt: (negative, prompt) when guided (``scale > 1``), else the prompt's."""
-        rows = self._conditioning(text, latents)
-        return Conditioning.cat([self._conditioning(negative_prompt, latents), rows]) if scale > 1.0 else rows
-
     @torch.no_grad()
     def sample(
         self,
@@ -257,20 +251,9 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         every row takes its self-attention query and key (recomputed, never stored)."""
         latents = start.latents.to(self._execution_device)
         rows = self._guidance_rows(prompt, negative_prompt, guidance_scale, latents)
-        source_row = self.source_conditioning(start.source_prompt, latents) if start.inject_steps else None
-        store = FeatureStore() if start.inject_steps else None
         timesteps, sigmas = flow_schedule(self.scheduler, start.num_inference_steps)
-        frames = start.num_latent_frames
-        with self.flatten_enabled(start.config, frames, start.trajectories, store, phase="sampling") as context:
-            runs = plan_runs(start.config, frames, context.trajectories, self._execution_device)
-            share = len(process_share(runs)[0])
-            with self._progress(len(timesteps) * share, "Sampling", share) as bar:
-
-                def velocity(z, index, t):
-                    return guided(self._sampling_noise(start, context, runs, index, t, z, rows, source_row, bar),
-                                  guidance_scale)
-
-                return euler_sample(velocity, latents, timesteps, sigmas, callback=callback)
+        return self._sample_with_injection(start, rows, guidance_scale, len(timesteps),
+                                           lambda model: euler_sample(model, latents, timesteps, sigmas, callback=callback))
 
     @torch.no_grad()
     def __call__(

@@ -16,6 +16,7 @@ import torch
 
 from ... import defaults
 from ...models.context import FlattenConfig
+from ...timing import timed
 from ...trajectories import Trajectories
 from ...validation import check_choice
 
@@ -78,6 +79,30 @@ class EditMethod:
     def start(self, pipe, request: EditRequest, trajectories: dict, timings: dict):
         """The start of sampling for ``request``; ``trajectories`` of :meth:`trajectory_levels`;
         ``timings`` gets the seconds of its stages."""
+        raise NotImplementedError
+
+    @staticmethod
+    def source_latents(pipe, request: EditRequest, timings: dict) -> torch.Tensor:
+        """The source latents (1, C, F', h, w): the request's, else the VAE's encoding of its frames
+        (timed as ``encode``)."""
+        if request.latents is not None:
+            return request.latents
+        with timed(timings, "encode", pipe._execution_device):
+            return pipe.encode_video(request.frames, request.generator)
+
+
+class InversionMethod(EditMethod):
+    """A method whose start inverts the source latents (:meth:`invert`) for sampling to inject from."""
+
+    def start(self, pipe, request: EditRequest, trajectories: dict, timings: dict):
+        latents = self.source_latents(pipe, request, timings)
+        with timed(timings, "invert", pipe._execution_device):
+            inversion = self.invert(pipe, latents, trajectories, request)
+        inversion.timings = timings
+        return inversion
+
+    def invert(self, pipe, latents: torch.Tensor, trajectories: dict, request: EditRequest):
+        """The inversion of ``latents`` with FLATTEN on, holding what sampling injects."""
         raise NotImplementedError
 
 

@@ -10,12 +10,11 @@ from contextlib import nullcontext
 
 from ...choices import METHOD_OPTIONS
 from ...models.features import FeatureStore, feature_budget, store_estimate
-from ...timing import timed
 from ..inversion import FlattenInversion
 from ..samplers import ddim_invert
 from ..schedule import injected_timesteps, inversion_timesteps
 from ..windowing import denoise, plan_runs, process_share
-from .base import EditMethod, EditRequest, register_method
+from .base import EditRequest, InversionMethod, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -24,22 +23,11 @@ def _gib(nbytes: int) -> str:
     return f"{nbytes / 2**30:.2f} GiB"
 
 
-class DDIMInversion(EditMethod):
+class DDIMInversion(InversionMethod):
     """DDIM inversion plus plug-and-play injection of the source features."""
 
     name = "inversion"
     options = METHOD_OPTIONS["inversion"]
-
-    def start(self, pipe, request: EditRequest, trajectories: dict, timings: dict) -> FlattenInversion:
-        device = pipe._execution_device
-        latents = request.latents
-        if latents is None:
-            with timed(timings, "encode", device):
-                latents = pipe.encode_video(request.frames, request.generator)
-        with timed(timings, "invert", device):
-            inversion = self.invert(pipe, latents, trajectories, request)
-        inversion.timings = timings
-        return inversion
 
     def invert(self, pipe, latents, trajectories: dict, request: EditRequest) -> FlattenInversion:
         """DDIM inversion of ``latents`` (1, C, F', h, w) with FLATTEN on.

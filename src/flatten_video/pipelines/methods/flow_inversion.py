@@ -13,32 +13,20 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-from ...timing import timed
 from ..inversion import FlattenInversion
 from ..samplers import euler_invert
 from ..schedule import flow_schedule
 from ..windowing import denoise, plan_runs, process_share
-from .base import EditMethod, EditRequest, register_method
+from .base import EditRequest, InversionMethod, register_method
 
 
-class FlowInversion(EditMethod):
+class FlowInversion(InversionMethod):
     """ODE inversion plus injection of the source's self-attention query and key (recomputed)."""
 
     name = "inversion"
     sampler = "flow"
     #: Inversion runs the sampling schedule backwards, so it has no step count of its own.
     options = ("inject_steps",)
-
-    def start(self, pipe, request: EditRequest, trajectories: dict, timings: dict) -> FlattenInversion:
-        device = pipe._execution_device
-        latents = request.latents
-        if latents is None:
-            with timed(timings, "encode", device):
-                latents = pipe.encode_video(request.frames, request.generator)
-        with timed(timings, "invert", device):
-            inversion = self.invert(pipe, latents, trajectories, request)
-        inversion.timings = timings
-        return inversion
 
     def invert(self, pipe, latents, trajectories: dict, request: EditRequest) -> FlattenInversion:
         """Euler steps of the flow ODE from the source latents (1, C, F', h, w) at level 0 up to

@@ -5,7 +5,6 @@ so the start is the source latents themselves and the edit is all in sampling
 from __future__ import annotations
 
 from ...choices import METHOD_OPTIONS
-from ...timing import timed
 from ..inversion import EditStart
 from .base import EditMethod, EditRequest, register_method
 
@@ -18,12 +17,8 @@ class FlowEditStart(EditMethod):
     options = METHOD_OPTIONS["flowedit"]
 
     def start(self, pipe, request: EditRequest, trajectories: dict, timings: dict) -> EditStart:
-        latents = request.latents
-        if latents is None:
-            with timed(timings, "encode", pipe._execution_device):
-                latents = pipe.encode_video(request.frames, request.generator)
-        return EditStart(latents=latents, trajectories=trajectories, config=request.config,
-                         num_inference_steps=request.num_inference_steps, method=self.name,
+        return EditStart(latents=self.source_latents(pipe, request, timings), trajectories=trajectories,
+                         config=request.config, num_inference_steps=request.num_inference_steps, method=self.name,
                          source_prompt=request.source_prompt, timings=timings)
 
 
