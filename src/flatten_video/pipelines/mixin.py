@@ -14,7 +14,7 @@ the VAE is :mod:`~flatten_video.pipelines.codec`'s, the schedule
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -24,7 +24,7 @@ from .. import defaults
 from ..backbones import Backbone, backbone_for
 from ..families import FAMILIES
 from ..flow import FLOW_METHODS, estimate_flow
-from ..latent_frames import compose_flows, fits_temporal_factor
+from ..latent_frames import compose_flows
 from ..models.context import FlattenConfig, FlattenContext
 from ..models.features import FEATURE_MODES, FeatureStore
 from ..models.injection import InjectionSpec
@@ -39,7 +39,7 @@ from .methods import METHODS, EditRequest, get_method, method_names
 from .output import OUTPUT_TYPES, FlattenPipelineOutput, frames_to_output, frames_to_tensor
 from .samplers import ddim_sample, guided
 from .schedule import check_schedule, resolve_edit, sampling_timesteps
-from .windowing import WindowRun, denoise, plan_runs, process_share
+from .windowing import Denoising, plan_runs, process_share
 
 
 class FlattenMixin:
@@ -126,6 +126,21 @@ class FlattenMixin:
                 yield context
             finally:
                 self.flatten_context = None
+
+    @contextmanager
+    def denoising(self, config: FlattenConfig, num_latent_frames: int, trajectories: dict[tuple[int, int], Trajectories],
+                  features: FeatureStore | None = None, *, phase: str, steps: int, desc: str):
+        """FLATTEN on for a loop of ``steps`` model evaluations of a clip of ``num_latent_frames``
+        latent frames, in the windows ``config`` plans, with a progress bar ``desc``.
+
+        Yields:
+            The :class:`~flatten_video.pipelines.windowing.Denoising` that evaluates the model.
+        """
+        with self.flatten_enabled(config, num_latent_frames, trajectories, features, phase=phase) as context:
+            runs = plan_runs(config, num_latent_frames, context.trajectories, self._execution_device)
+            share = len(process_share(runs)[0])
+            with self._progress(steps * share, desc, share) as bar:
+                yield Denoising(self.predict_noise, context, runs, bar.update)
 
     @property
     def injection_spec(self) -> InjectionSpec:
@@ -425,17 +440,13 @@ class FlattenMixin:
         latents = start.latents
         source_row = self.source_conditioning(start.source_prompt, latents) if recompute else None
         store = FeatureStore() if recompute else getattr(start, "features", None)
-        num_latent_frames = start.num_latent_frames
-        with self.flatten_enabled(start.config, num_latent_frames, start.trajectories, store, phase="sampling") as context:
-            runs = plan_runs(start.config, num_latent_frames, context.trajectories, self._execution_device)
-            share = len(process_share(runs)[0])
-            with self._progress(steps * share, "Sampling", share) as bar:
+        with self.denoising(start.config, start.num_latent_frames, start.trajectories, store, phase="sampling",
+                            steps=steps, desc="Sampling") as evaluate:
 
-                def model(latents, index, t):
-                    noise = self._sampling_noise(start, context, runs, index, t, latents, rows, source_row, bar)
-                    return guided(noise, guidance_scale)
+            def model(latents, index, t):
+                return guided(self._sampling_noise(start, evaluate, index, t, latents, rows, source_row), guidance_scale)
 
-                return sampler(model)
+            return sampler(model)
 
     def _step_callback(self, callback_on_step_end: Callable | None):
         """diffusers' ``callback_on_step_end(pipe, step, timestep, {"latents": ...})`` as a sampler's
@@ -451,8 +462,8 @@ class FlattenMixin:
         return callback
 
     def _sampling_noise(
-        self, inversion: EditStart, context: FlattenContext, runs: list[WindowRun], step: int, t: int,
-        latents: torch.Tensor, rows: Conditioning, source_row: Conditioning | None, bar,
+        self, inversion: EditStart, evaluate: Denoising, step: int, t: int, latents: torch.Tensor, rows: Conditioning,
+        source_row: Conditioning | None,
     ) -> torch.Tensor:
         """Noise of every guidance row at sampling step ``step``, (rows, C, F', h, w).
 
@@ -461,19 +472,15 @@ class FlattenMixin:
         every other row takes, dropped from the result. Windows cut every row alike.
         """
         batch = latents.expand(rows.num_rows, *latents.shape[1:])
-
-        def evaluate(batch, conditioning, scope):
-            return denoise(self.predict_noise, context, runs, batch, t, conditioning, scope, bar.update)
-
         if step >= inversion.inject_steps:
-            return evaluate(batch, rows, lambda run, frames: nullcontext())
+            return evaluate(batch, t, rows)
+        features = evaluate.context.features
         if source_row is None:
-            return evaluate(batch, rows, lambda run, frames: context.features.injecting(run.key(t)))
+            return evaluate(batch, t, rows, lambda run, frames: features.injecting(run.key(t)))
         source = inversion.source_latents[t].to(latents.device)
         batch, conditioning = stack_rows([(source, source_row), (batch, rows)])
         backbone = self.backbone
-        return evaluate(batch, conditioning,
-                        lambda run, frames: context.features.sharing(backbone.rows_per_video(frames)))[1:]
+        return evaluate(batch, t, conditioning, lambda run, frames: features.sharing(backbone.rows_per_video(frames)))[1:]
 
     def _progress(self, total: int, desc: str, windows: int = 1):
         """A bar over model evaluations: steps, or steps times windows for a long clip."""

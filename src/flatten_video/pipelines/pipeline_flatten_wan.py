@@ -12,7 +12,6 @@ of both (``attention_mode="dsta+flatten"``) or off (``"dsta"``).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -33,7 +32,6 @@ from .mixin import FlattenMixin
 from .output import OUTPUT_TYPES, FlattenPipelineOutput, ModelLoadError, frames_to_output, frames_to_tensor
 from .samplers import euler_sample, flowedit, guided
 from .schedule import flow_schedule, flow_scheduler
-from .windowing import denoise, plan_runs, process_share
 
 #: Defaults that fit Wan 2.1 T2V 1.3B and its methods (:data:`flatten_video.defaults.WAN`).
 WAN_DEFAULTS = defaults.WAN
@@ -220,29 +218,22 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         target_rows = self._guidance_rows(prompt, negative_prompt, guidance_scale, source)
         both = Conditioning.cat([source_rows, target_rows])
         timesteps, sigmas = flow_schedule(self.scheduler, start.num_inference_steps)
-        frames = start.num_latent_frames
-        with self.flatten_enabled(start.config, frames, start.trajectories, None, phase="sampling") as context:
-            runs = plan_runs(start.config, frames, context.trajectories, self._execution_device)
-            share = len(process_share(runs)[0])
-            calls = (n_max - n_min) * n_avg + n_min  # editing steps average n_avg noises; plain ones call once
-            with self._progress(calls * share, "FlowEdit", share) as bar:
+        calls = (n_max - n_min) * n_avg + n_min  # editing steps average n_avg noises; plain ones call once
+        with self.denoising(start.config, start.num_latent_frames, start.trajectories, phase="sampling", steps=calls,
+                            desc="FlowEdit") as evaluate:
 
-                def evaluate(batch, conditioning, t):
-                    return denoise(self.predict_noise, context, runs, batch, t, conditioning,
-                                   lambda run, rows: nullcontext(), bar.update)
+            def edit_velocities(z_src, z_tar, index, t):
+                split = source_rows.num_rows
+                batch = torch.cat([z_src.expand(split, *z_src.shape[1:]),
+                                   z_tar.expand(target_rows.num_rows, *z_tar.shape[1:])])
+                velocity = evaluate(batch, t, both)
+                return guided(velocity[:split], source_guidance_scale), guided(velocity[split:], guidance_scale)
 
-                def edit_velocities(z_src, z_tar, index, t):
-                    split = source_rows.num_rows
-                    batch = torch.cat([z_src.expand(split, *z_src.shape[1:]),
-                                       z_tar.expand(target_rows.num_rows, *z_tar.shape[1:])])
-                    velocity = evaluate(batch, both, t)
-                    return guided(velocity[:split], source_guidance_scale), guided(velocity[split:], guidance_scale)
+            def target_velocity(z, index, t):
+                return guided(evaluate(z.expand(target_rows.num_rows, *z.shape[1:]), t, target_rows), guidance_scale)
 
-                def target_velocity(z, index, t):
-                    return guided(evaluate(z.expand(target_rows.num_rows, *z.shape[1:]), target_rows, t), guidance_scale)
-
-                return flowedit(edit_velocities, target_velocity, source, timesteps, sigmas, n_max=n_max, n_min=n_min,
-                                n_avg=n_avg, generator=generator, callback=callback)
+            return flowedit(edit_velocities, target_velocity, source, timesteps, sigmas, n_max=n_max, n_min=n_min,
+                            n_avg=n_avg, generator=generator, callback=callback)
 
     def _sample_inverted(self, start: EditStart, prompt: str, negative_prompt: str, guidance_scale: float,
                          callback) -> torch.Tensor:

@@ -8,7 +8,7 @@ longer than the window is one run over the whole clip: the exact method.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -118,3 +118,32 @@ def denoise(
     if reduce is not None:
         reduce(noise)
     return noise
+
+
+def idle(run: WindowRun, frames: int) -> AbstractContextManager:
+    """The feature store's state that records and injects nothing."""
+    return nullcontext()
+
+
+@dataclass
+class Denoising:
+    """The model evaluations of one loop (an inversion, a sampling) with FLATTEN on: made by
+    :meth:`~flatten_video.pipelines.mixin.FlattenMixin.denoising`, called once per evaluation.
+
+    Attributes:
+        predict: the model seam, (B, C, F', h, w), timestep, conditioning -> prediction.
+        context: the :class:`FlattenContext` the processors read (its feature store included).
+        runs: the windows of the clip (:func:`plan_runs`).
+        on_window: called after each window's evaluation (the progress bar).
+    """
+
+    predict: Callable[[torch.Tensor, int, Conditioning], torch.Tensor]
+    context: FlattenContext
+    runs: list[WindowRun]
+    on_window: Callable[[], None]
+
+    def __call__(self, batch: torch.Tensor, timestep, conditioning: Conditioning,
+                 scope: Callable[[WindowRun, int], AbstractContextManager] = idle) -> torch.Tensor:
+        """The prediction for every row of ``batch`` (rows, C, F', h, w) at ``timestep``, the whole
+        clip or its windows mixed (:func:`denoise`); ``scope(run, frames)`` sets the store's state."""
+        return denoise(self.predict, self.context, self.runs, batch, timestep, conditioning, scope, self.on_window)

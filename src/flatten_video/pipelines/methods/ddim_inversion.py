@@ -13,7 +13,6 @@ from ...models.features import FeatureStore, feature_budget, store_estimate
 from ..inversion import FlattenInversion
 from ..samplers import ddim_invert
 from ..schedule import injected_timesteps, inversion_timesteps
-from ..windowing import denoise, plan_runs, process_share
 from .base import EditRequest, InversionMethod, register_method
 
 logger = logging.getLogger(__name__)
@@ -56,27 +55,24 @@ class DDIMInversion(InversionMethod):
         )
         source_row = pipe.source_conditioning(request.source_prompt, latents)
         latents = latents.to(pipe._execution_device)
-        num_latent_frames = latents.shape[2]
-        with pipe.flatten_enabled(request.config, num_latent_frames, trajectories, store, phase="inversion") as context:
-            runs = plan_runs(request.config, num_latent_frames, context.trajectories, pipe._execution_device)
-            share = len(process_share(runs)[0])
-            with pipe._progress((len(timesteps) - 1) * share, "DDIM inversion", share) as bar:
+        with pipe.denoising(request.config, latents.shape[2], trajectories, store, phase="inversion",
+                            steps=len(timesteps) - 1, desc="DDIM inversion") as evaluate:
 
-                def model(latents, index, t):
-                    # Keep what sampling needs at t: the model input and (stored mode) every window's features.
-                    capture = t in inversion.injected_timesteps and inversion.features is not None
-                    if t in inversion.injected_timesteps:
-                        inversion.source_latents[t] = latents.clone()
+            def model(latents, index, t):
+                # Keep what sampling needs at t: the model input and (stored mode) every window's features.
+                capture = t in inversion.injected_timesteps and inversion.features is not None
+                if t in inversion.injected_timesteps:
+                    inversion.source_latents[t] = latents.clone()
 
-                    def scope(run, rows):
-                        return inversion.features.capturing(run.key(t)) if capture else nullcontext()
+                def scope(run, rows):
+                    return inversion.features.capturing(run.key(t)) if capture else nullcontext()
 
-                    noise = denoise(pipe.predict_noise, context, runs, latents, t, source_row, scope, bar.update)
-                    if capture and inversion.feature_mode == "auto":
-                        self._resolve_auto_mode(inversion, context, budget)
-                    return noise
+                noise = evaluate(latents, t, source_row, scope)
+                if capture and inversion.feature_mode == "auto":
+                    self._resolve_auto_mode(inversion, evaluate.context, budget)
+                return noise
 
-                inversion.latents = ddim_invert(model, latents, pipe.inverse_scheduler, timesteps, step)
+            inversion.latents = ddim_invert(model, latents, pipe.inverse_scheduler, timesteps, step)
         return inversion
 
     @staticmethod

@@ -11,12 +11,9 @@ come from the same model call. Storing them instead would take ~300 GB for Wan 2
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 from ..inversion import FlattenInversion
 from ..samplers import euler_invert
 from ..schedule import flow_schedule
-from ..windowing import denoise, plan_runs, process_share
 from .base import EditRequest, InversionMethod, register_method
 
 
@@ -41,21 +38,15 @@ class FlowInversion(InversionMethod):
         )
         source_row = pipe.source_conditioning(request.source_prompt, latents)
         latents = latents.to(pipe._execution_device)
-        num_latent_frames = latents.shape[2]
-        with pipe.flatten_enabled(request.config, num_latent_frames, trajectories, None, phase="inversion") as context:
-            runs = plan_runs(request.config, num_latent_frames, context.trajectories, pipe._execution_device)
-            share = len(process_share(runs)[0])
-            with pipe._progress(len(timesteps) * share, "ODE inversion", share) as bar:
+        with pipe.denoising(request.config, latents.shape[2], trajectories, phase="inversion", steps=len(timesteps),
+                            desc="ODE inversion") as evaluate:
 
-                def velocity(z, index, t):
-                    return denoise(pipe.predict_noise, context, runs, z, t, source_row, lambda run, rows: nullcontext(),
-                                   bar.update)
+            def keep(index, z):
+                if index < request.inject_steps:
+                    inversion.source_latents[timesteps[index]] = z.clone()
 
-                def keep(index, z):
-                    if index < request.inject_steps:
-                        inversion.source_latents[timesteps[index]] = z.clone()
-
-                inversion.latents = euler_invert(velocity, latents, timesteps, sigmas, on_level=keep)
+            velocity = lambda z, index, t: evaluate(z, t, source_row)  # noqa: E731
+            inversion.latents = euler_invert(velocity, latents, timesteps, sigmas, on_level=keep)
         return inversion
 
 
