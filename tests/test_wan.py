@@ -526,3 +526,59 @@ def test_two_experts_both_get_flatten_and_hand_over_at_the_boundary(wan, wan_pip
     same = pipe(inversion=start, prompt="", guidance_scale=3.0, source_guidance_scale=3.0, num_inference_steps=4,
                 n_max=4, output_type="latent", generator=torch.Generator().manual_seed(1)).frames
     assert torch.equal(same, start.latents)  # FlowEdit's identity holds across the hand-over
+
+
+# -- the benchmark, loading, and checkpoints this version refuses -------------------------------
+
+
+def test_the_benchmark_edits_with_wans_method_and_defaults(wan_pipe, clip_path, tmp_path, capsys):
+    import csv
+    import json
+
+    from flatten_video import cli
+    from test_bench import HEADER, OFFICIAL_ROWS, write_frames
+
+    root = tmp_path / "tgve"
+    write_frames(root / "DAVIS_480p" / "480p_frames" / "dog", frames=5)
+    write_frames(root / "videvo_480p" / "480p_frames" / "car", frames=5, seed=1)
+    with open(root / "LOVEU-TGVE-2023_Dataset.csv", "w", newline="") as file:
+        csv.writer(file).writerows([HEADER, *OFFICIAL_ROWS])
+    code = cli.main(["bench", str(root), "-o", str(tmp_path / "out"), "--model", str(wan_pipe.name_or_path),
+                     "--frames", "5", "--width", "64", "--height", "64", "--steps", "2", "--n-max", "2", "--flow", "dis",
+                     "--device", "cpu", "--edits", "style", "--clip-model", clip_path, "--pick-model", clip_path,
+                     "--pick-processor", clip_path])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "out" / "items" / "DAVIS_480p" / "dog" / "style.json").read_text())
+    assert record["settings"]["method"] == "flowedit" and record["settings"]["guidance"] == 5.0
+    assert record["settings"]["n_max"] == 2 and record["frames"]["count"] == 5
+
+
+def test_on_a_gpu_the_app_loads_wan_with_model_cpu_offload(wan_pipe, monkeypatch):
+    """The text encoder's memory is given back before the transformer runs (checked on the
+    code path here; the GPU figures are gpu.sh's)."""
+    from flatten_video.app import runtime
+    from flatten_video.pipelines.pipeline_flatten_wan import FlattenWanPipeline
+
+    offloaded = []
+    monkeypatch.setattr(FlattenWanPipeline, "enable_model_cpu_offload", lambda self, device=None: offloaded.append(device))
+    monkeypatch.setattr(FlattenWanPipeline, "to", lambda self, *a, **k: pytest.fail("moved whole to the GPU"))
+    pipe = runtime.load_pipeline(str(wan_pipe.name_or_path), "cuda", torch.float32)
+    assert isinstance(pipe, FlattenWanPipeline) and offloaded == ["cuda"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(_class_name="WanImageToVideoPipeline"), "image-to-video checkpoint"),
+    (dict(image_encoder=["transformers", "CLIPVisionModel"]), "image-to-video checkpoint"),
+    (dict(expand_timesteps=True), "TI2V-5B"),
+    (dict(_class_name="WanVACEPipeline", transformer=["diffusers", "WanVACETransformer3DModel"]),
+     "cannot edit with a WanVACEPipeline checkpoint \\(denoiser: transformer \\(WanVACETransformer3DModel\\)\\)"),
+])
+def test_wan_checkpoints_this_version_cannot_edit_are_one_line(wan_pipe, changes, message):
+    import json
+
+    from flatten_video.pipelines import pipeline_for_index
+
+    index = json.loads((pathlib.Path(wan_pipe.name_or_path) / "model_index.json").read_text())
+    with pytest.raises(ValueError, match=message):
+        pipeline_for_index({**index, **changes})
+    assert pipeline_for_index({**index, "expand_timesteps": False, "transformer_2": [None, None]})
