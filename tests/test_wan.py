@@ -582,3 +582,17 @@ def test_wan_checkpoints_this_version_cannot_edit_are_one_line(wan_pipe, changes
     with pytest.raises(ValueError, match=message):
         pipeline_for_index({**index, **changes})
     assert pipeline_for_index({**index, "expand_timesteps": False, "transformer_2": [None, None]})
+
+
+def test_flowedit_encodes_each_text_once(wan_pipe):
+    texts = []
+    original = wan_pipe.encode_prompt
+    wan_pipe.encode_prompt = lambda prompt, *a, **k: texts.append(prompt) or original(prompt, *a, **k)
+    try:
+        start = wan_pipe.invert_video(clip9(), num_inference_steps=2, flow_method="dis", source_prompt="a cat",
+                                      generator=torch.Generator().manual_seed(0))
+        wan_pipe(inversion=start, prompt="a tiger", num_inference_steps=2, n_max=2, output_type="latent",
+                 generator=torch.Generator().manual_seed(0))
+    finally:
+        del wan_pipe.encode_prompt
+    assert sorted(texts) == ["", "a cat", "a tiger"]  # the negative prompt serves both guidances

@@ -12,6 +12,7 @@ of both (``attention_mode="dsta+flatten"``) or off (``"dsta"``).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -128,7 +129,24 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         return embeds
 
     def encode_conditioning(self, prompt: str, height: int, width: int) -> Conditioning:
-        return Conditioning(self.encode_prompt(prompt))
+        """The row of ``prompt``; inside :meth:`sample` each text is encoded once (its negative,
+        source and target prompts often repeat one another, and UMT5-XXL is 5.7B parameters)."""
+        memo = self._embeddings
+        if memo is None:
+            return Conditioning(self.encode_prompt(prompt))
+        if prompt not in memo:
+            memo[prompt] = self.encode_prompt(prompt)
+        return Conditioning(memo[prompt])
+
+    _embeddings: dict | None = None
+
+    @contextmanager
+    def _each_text_once(self):
+        self._embeddings = {}
+        try:
+            yield
+        finally:
+            self._embeddings = None
 
     def _latent_stats(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, self.vae.config.z_dim, 1, 1, 1)
@@ -206,8 +224,10 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         callback = self._step_callback(callback_on_step_end)
         if start.method == "flowedit":
             self.check_flowedit(options["n_max"], options["n_min"], options["n_avg"], start.num_inference_steps)
-            return self._flowedit(start, prompt, negative_prompt, guidance_scale, generator, callback, **options)
-        return self._sample_inverted(start, prompt, negative_prompt, guidance_scale, callback)
+        with self._each_text_once():
+            if start.method == "flowedit":
+                return self._flowedit(start, prompt, negative_prompt, guidance_scale, generator, callback, **options)
+            return self._sample_inverted(start, prompt, negative_prompt, guidance_scale, callback)
 
     def _flowedit(self, start: EditStart, prompt: str, negative_prompt: str, guidance_scale: float, generator,
                   callback, *, source_guidance_scale: float, n_max: int, n_min: int, n_avg: int) -> torch.Tensor:
