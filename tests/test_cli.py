@@ -425,3 +425,67 @@ def test_output_names_for_several_prompts():
         prompt_outputs("{name}-{prompt}.mp4", ["a", "b"])
     with pytest.raises(ValueError, match="2 prompts need one output each"):
         prompt_outputs("same.mp4", ["a", "b"])
+
+
+# ------------------------------------------------------------------------------------- files as people have them
+
+
+def test_the_sources_audio_goes_with_an_edit_that_keeps_its_timing_and_is_named_when_not(
+        tiny_sd_path, tmp_path, capsys):
+    from test_video import audio_seconds, clip_with_audio
+
+    source = clip_with_audio(tmp_path / "talk.mp4", frames=6)
+    kept = tmp_path / "kept.mp4"
+    base = ["--width", "64", "--height", "64"]
+    assert run(edit_argv(source, kept, tiny_sd_path, *base, "--stride", "1"), capsys)[0] == 0
+    assert audio_seconds(kept) is not None and audio_seconds(kept) >= 3 / 8  # 3 frames at 8 fps
+    for extra, why in ((["--stride", "2"], "one source frame in 2 (--stride 2)"), (["--stride", "1", "--fps", "4"], "--fps 4 changes"),
+                       (["--stride", "1", "--no-audio"], None)):
+        output = tmp_path / f"edit{len(extra)}{extra[-1]}.mp4"
+        status, _, err = run(edit_argv(source, output, tiny_sd_path, *base, *extra), capsys)
+        assert status == 0 and audio_seconds(output) is None
+        notes = [line for line in err.splitlines() if "audio is not kept" in line]
+        assert (notes == [] if why is None else len(notes) == 1 and why in notes[0]), err
+
+
+def test_a_portrait_phone_clip_is_edited_upright(tiny_sd_path, tmp_path, capsys):
+    from test_video import rotated_clip
+
+    source = rotated_clip(tmp_path / "portrait.mp4", 90, frames=4, w=128, h=64)
+    output = tmp_path / "edit.mp4"
+    argv = [a for a in edit_argv(source, output, tiny_sd_path) if a not in ("--width", str(W), "--height", str(H))]
+    assert run([*argv, "--width", "64"], capsys)[0] == 0
+    with av.open(str(output)) as container:
+        stream = container.streams.video[0]
+        frame = next(container.decode(stream))
+        assert (stream.width, stream.height) == (64, 128) and not frame.rotation  # upright, no rotation tag left
+
+
+def test_a_prompts_file_with_a_byte_order_mark_reads_as_the_same_prompts(tmp_path):
+    import argparse
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("\ufeffa white fox\na tiger\n".encode("utf-8"))
+    args = argparse.Namespace(prompts=None, prompts_file=str(path))
+    assert cli.read_prompts(args) == ["a white fox", "a tiger"]
+
+
+def test_sigterm_while_the_video_is_written_leaves_nothing_partial(clip, tiny_sd_path, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from flatten_video import video
+
+    written = video._write_mp4
+
+    def killed_midway(frames, path, fps, *args):
+        written(frames[:1], path, fps)  # a partial file on disk, then the signal arrives
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(video, "_write_mp4", killed_midway)
+    monkeypatch.setitem(video._WRITERS, ".mp4", killed_midway)
+    (tmp_path / "out").mkdir()
+    status, out, err = run(edit_argv(clip, tmp_path / "out" / "edit.mp4", tiny_sd_path), capsys)
+    assert status == 143 and err.strip().splitlines()[-1] == "terminated"
+    assert list((tmp_path / "out").iterdir()) == []  # neither the output nor its temporary file
+    assert signal.getsignal(signal.SIGTERM) is not cli._terminate  # the handler is the caller's again after

@@ -56,7 +56,7 @@ def test_offline_a_missing_model_is_one_line_at_once(cache):
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith("HF_HUB_OFFLINE is set: the model org/missing is not in the Hugging Face cache")
-    assert "huggingface-cli download org/missing" in message
+    assert "hf download org/missing" in message  # the installed huggingface_hub ships `hf`, not `huggingface-cli`
 
 
 def test_no_network_is_named_as_such(cache, monkeypatch):

@@ -383,3 +383,111 @@ def test_shipped_sample_clip():
     assert w > h and v.frames.shape == (8, 3, h, w)
     assert 0.1 < float(v.frames.mean()) < 0.9
     assert float((v.frames[0] - v.frames[-1]).abs().mean()) > 0.02  # the camera moves
+
+
+# --------------------------------------------------------------------------------------------- files as people have them
+
+
+def rotated_clip(path, rotation: int = 90, frames: int = 4, w: int = 128, h: int = 64):
+    """A clip stored w x h (a white band on the stored frame's left) with a display rotation, as
+    phones write portrait video."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.set_display_rotation(rotation)
+        for _ in range(frames):
+            array = np.zeros((h, w, 3), np.uint8)
+            array[:, : w // 4] = 255
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize("rotation, band", [(90, "bottom"), (-90, "top"), (180, "right")])
+def test_a_rotated_phone_clip_is_read_upright(tmp_path, rotation, band):
+    """The display rotation is applied (PyAV's counterclockwise degrees, as players show it), so
+    the size, the flow and the output follow the upright frames."""
+    clip = read_video(rotated_clip(tmp_path / "phone.mp4", rotation), 4, short_side=64, size_multiple=8)
+    size = (128, 64) if rotation == 180 else (64, 128)
+    assert clip.size == size
+    luma = clip.frames[0].mean(0)
+    sides = {"top": luma[:8].mean(), "bottom": luma[-8:].mean(), "left": luma[:, :8].mean(), "right": luma[:, -8:].mean()}
+    assert sides[band] > 0.9 and min(sides.values()) < 0.1
+    if rotation != 180:  # an explicit width keeps the upright aspect (no squashing): 64 wide, 128 high
+        assert read_video(tmp_path / "phone.mp4", 4, width=64).size == (64, 128)
+
+
+def test_frames_of_a_photo_folder_are_read_upright_by_their_exif_orientation(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(3):
+        image = Image.new("RGB", (96, 64))
+        exif = image.getexif()
+        exif[0x0112] = 6  # "rotate 90 clockwise to show"
+        image.save(folder / f"{index}.jpg", exif=exif)
+    assert read_video(folder, 3, short_side=64, size_multiple=8).size == (64, 96)
+
+
+def test_a_folder_of_frames_with_mixed_sizes_is_refused_naming_the_frame(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(4):
+        Image.new("RGB", (33, 200) if index == 2 else (96, 64)).save(folder / f"{index:03d}.png")
+    raises("002.png is 33x200|000.png, the first, is 96x64|one size", read_video, folder, 4)
+
+
+def clip_with_audio(path, frames: int = 16, fps: int = 8, codec: str = "aac"):
+    """A clip of ``frames`` frames with a 440 Hz tone as long as its video, in ``codec``."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        sound = container.add_stream(codec, rate=16000)
+        sound.layout = "mono"
+        for index in range(frames):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), index * 8, np.uint8), format="rgb24")))
+        container.mux(video.encode())
+        samples = (np.sin(np.arange(16000 * frames // fps) * 2 * np.pi * 440 / 16000) * 0.3).astype(np.float32)
+        for start in range(0, len(samples), 1024):
+            chunk = samples[start: start + 1024][None]
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, start
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode())
+    return path
+
+
+def audio_seconds(path) -> float | None:
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        packets = [p for p in container.demux(stream) if p.pts is not None]
+        return float((packets[-1].pts + packets[-1].duration - packets[0].pts) * stream.time_base)
+
+
+def test_the_sources_audio_is_copied_for_the_span_the_frames_cover(tmp_path):
+    source = clip_with_audio(tmp_path / "talk.mp4")
+    clip = read_video(source, 8, stride=1, short_side=64, size_multiple=8)  # the first 8 of 16 frames: 1 s
+    assert clip.audio == source
+    written = write_video(clip.frames, tmp_path / "edit.mp4", fps=clip.fps, audio=clip.audio)
+    # Not the source's 2 s: 1 s, give or take AAC's priming and its last packet (64 ms each here).
+    assert 1.0 <= audio_seconds(written) <= 1.0 + 2 * 0.064 + 1e-6
+    with av.open(str(source)) as original, av.open(str(written)) as copy:
+        assert copy.streams.audio[0].codec_context.name == original.streams.audio[0].codec_context.name  # not re-encoded
+    assert audio_seconds(write_video(clip.frames, tmp_path / "silent.mp4", fps=clip.fps)) is None
+    assert read_video(tmp_path / "silent.mp4", 2).audio is None
+
+
+def test_audio_an_mp4_cannot_hold_is_dropped_with_one_warning(tmp_path, caplog):
+    source = clip_with_audio(tmp_path / "phone-call.mov", codec="pcm_mulaw")  # mov holds mu-law, mp4 does not
+    clip = read_video(source, 4, stride=1, short_side=64, size_multiple=8)
+    written = write_video(clip.frames, tmp_path / "edit.mp4", fps=clip.fps, audio=clip.audio)
+    assert read_video(written, 4).frames.shape[0] == 4 and audio_seconds(written) is None
+    assert [r.getMessage() for r in caplog.records if "audio was not kept" in r.getMessage()]
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_gif_faster_than_gifs_can_play_is_written_at_50_fps_and_says_so(tmp_path, caplog):
+    written = write_video(level_clip(4), tmp_path / "fast.gif", fps=100000)
+    assert read_video(written, 4).fps == pytest.approx(50, abs=0.5)
+    assert any("written at 50 fps, not 100000" in r.getMessage() for r in caplog.records)

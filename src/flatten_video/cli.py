@@ -16,6 +16,7 @@ import logging
 import os
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
 import warnings
@@ -37,7 +38,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if args.prompts_file:
         path = pathlib.Path(args.prompts_file)
         try:
-            text = path.read_bytes().decode("utf-8")
+            text = path.read_bytes().decode("utf-8-sig")  # Windows editors save a byte-order mark
         except OSError as error:
             raise ValueError(f"cannot read the prompts file {path}: {error.strerror or error}") from None
         except UnicodeDecodeError:
@@ -265,6 +266,15 @@ def configure_logging(debug: bool) -> None:
         package.addHandler(handler)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``docker stop``, systemd, a CI cancelling a job), raised where the
+    program is, so it unwinds as Ctrl-C does: temporary files removed, nothing partial written."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
@@ -272,9 +282,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.debug)
     try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (an embedding program): it handles its own signals
+        previous = None
+    try:
         if getattr(args, "launcher", "none") == "accelerate":
             return relaunch_with_accelerate(args)
         return args.handler(args)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -283,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"flatten-video: error: {error_line(error)}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

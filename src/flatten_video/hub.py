@@ -90,5 +90,14 @@ def hub_kwargs(name: str | os.PathLike, filename: str, what: str) -> dict:
     reason = "HF_HUB_OFFLINE is set" if offline_requested() else "no network"
     raise HubUnavailable(
         f"{reason}: {what} {name} is not in the Hugging Face cache; download it once while online "
-        f"(huggingface-cli download {name}) or give a local folder"
+        f"({download_command()} {name}) or give a local folder"
     )
+
+
+def download_command() -> str:
+    """The download command of the installed huggingface_hub: ``hf download`` since 1.0, which
+    dropped ``huggingface-cli``; the old name where only it is installed."""
+    from importlib.metadata import entry_points
+
+    scripts = {entry.name for entry in entry_points(group="console_scripts")}
+    return "huggingface-cli download" if "huggingface-cli" in scripts and "hf" not in scripts else "hf download"

@@ -14,6 +14,8 @@ output) raises :class:`VideoError` with a one-line message, so a command-line fr
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import numbers
 import os
@@ -26,10 +28,12 @@ from typing import Iterator, Sequence
 import av
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .files import atomic_write
 from .validation import check_multiple_of_8
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_EXTENSIONS", "Video", "VideoError", "read_video", "working_size", "write_video"]
 
@@ -52,12 +56,14 @@ class Video:
     fps: frames per second of the sampled clip (source fps / stride).
     total_frames: number of frames in the source before sampling.
     stride: distance between sampled source frames.
+    audio: the source file when it has an audio stream (its sound can go with the edit), else None.
     """
 
     frames: torch.Tensor
     fps: float
     total_frames: int
     stride: int
+    audio: pathlib.Path | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -169,10 +175,16 @@ def _read_folder(folder, num_frames, stride, size_args, crop) -> Video:
         raise VideoError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder: {folder}")
     stride = _resolve_stride(len(files), num_frames, stride)
     _check_sampling(len(files), num_frames, stride, f"folder {folder}")
-    frames, size = [], None
+    frames, size, first = [], None, None
     for path in files[: (num_frames - 1) * stride + 1 : stride]:
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as opened:
+                img = ImageOps.exif_transpose(opened)  # upright, as a phone's photo viewer shows it
+                if first is None:
+                    first = (path, img.size)
+                elif img.size != first[1]:
+                    raise VideoError(f"the frame {path.name} is {img.size[0]}x{img.size[1]} but {first[0].name}, the "
+                                     f"first, is {first[1][0]}x{first[1][1]}: every frame of {folder} must have one size")
                 size = size or working_size(*img.size, **size_args)
                 frames.append(_fit(img, size, crop))
         except (OSError, Image.DecompressionBombError) as err:
@@ -222,6 +234,14 @@ def _decode(path: pathlib.Path) -> Iterator[av.VideoFrame]:
             raise VideoError(f"cannot decode frame {index} of {path}: {err.strerror or err}") from None
 
 
+def upright(frame: av.VideoFrame) -> Image.Image:
+    """A decoded frame as it is meant to be shown: phone clips are stored sideways with a display
+    rotation (PyAV's ``frame.rotation``, degrees counterclockwise), which players apply."""
+    img = frame.to_image()
+    rotation = getattr(frame, "rotation", 0) or 0
+    return img.rotate(rotation, expand=True) if rotation % 360 else img
+
+
 def _read_file(path, num_frames, stride, size_args, crop) -> Video:
     total, fps = _probe(path)
     stride = _resolve_stride(total, num_frames, stride)
@@ -234,7 +254,7 @@ def _read_file(path, num_frames, stride, size_args, crop) -> Video:
             seen = index + 1
             if index % stride:
                 continue
-            img = frame.to_image()
+            img = upright(frame)
             size = size or working_size(*img.size, **size_args)
             frames.append(_fit(img, size, crop))
             if len(frames) == num_frames:
@@ -244,7 +264,12 @@ def _read_file(path, num_frames, stride, size_args, crop) -> Video:
     if len(frames) < num_frames:
         # The header promised more frames than could be decoded.
         _check_sampling(seen, num_frames, stride, str(path))
-    return Video(_to_tensor(frames), fps / stride, total, stride)
+    return Video(_to_tensor(frames), fps / stride, total, stride, audio=path if _has_audio(path) else None)
+
+
+def _has_audio(path: pathlib.Path) -> bool:
+    with av.open(str(path)) as container:
+        return bool(container.streams.audio)
 
 
 def _positive_int(what: str, value) -> int:
@@ -333,18 +358,35 @@ def _side_by_side(frames: list[np.ndarray], source: list[np.ndarray]) -> list[np
     return out
 
 
-def _write_mp4(frames: list[np.ndarray], path: str, fps: float) -> None:
+def _write_mp4(frames: list[np.ndarray], path: str, fps: float, audio: pathlib.Path | None = None) -> None:
     h, w = frames[0].shape[:2]
     pad_h, pad_w = h % 2, w % 2  # yuv420p needs even sizes
-    with av.open(path, mode="w", format="mp4") as container:
+    with av.open(path, mode="w", format="mp4") as container, \
+            (av.open(str(audio)) if audio is not None else contextlib.nullcontext()) as source:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w + pad_w, h + pad_h, "yuv420p"
         stream.options = {"crf": "18", "preset": "medium"}
+        sound = container.add_stream_from_template(source.streams.audio[0]) if source is not None else None
         for array in frames:
             if pad_h or pad_w:
                 array = np.pad(array, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
         container.mux(stream.encode())
+        if source is not None:
+            _copy_audio(source, sound, container, len(frames) / fps)
+
+
+def _copy_audio(source, sound, container, seconds: float) -> None:
+    """The source's first audio stream's packets of its first ``seconds``, remuxed as they are."""
+    stream = source.streams.audio[0]
+    start = stream.start_time or 0
+    for packet in source.demux(stream):
+        if packet.dts is None or packet.pts is None:
+            continue  # the demuxer's flush packet
+        if (packet.pts - start) * stream.time_base >= seconds:
+            break
+        packet.stream = sound
+        container.mux(packet)
 
 
 def _write_gif(frames: list[np.ndarray], path: str, fps: float) -> None:
@@ -366,6 +408,8 @@ def _write_gif(frames: list[np.ndarray], path: str, fps: float) -> None:
 
 
 _WRITERS = {".mp4": _write_mp4, ".gif": _write_gif}
+#: The fastest a GIF plays as written: a delay of 2/100 s (browsers and viewers slow shorter ones to 1/10 s).
+GIF_MAX_FPS = 50
 
 
 def write_video(
@@ -374,12 +418,16 @@ def write_video(
     *,
     fps: float = 8.0,
     side_by_side: torch.Tensor | None = None,
+    audio: str | os.PathLike | None = None,
 ) -> pathlib.Path:
     """Write frames to ``path`` (.mp4: H.264 yuv420p, odd sizes padded to even; .gif) and return the path.
 
     frames: (F, 3, H, W) float in [0, 1] (tensor or numpy array) or a list of PIL images.
     side_by_side: optional source frames (F, 3, H', W') shown on the left (resized to height H if needed),
     giving ``source | edit`` frames of width W' + W.
+    audio: a file whose first audio stream goes with the frames (.mp4 only), copied without
+    re-encoding for the F / fps seconds they last; where the mp4 cannot hold that codec, the video is
+    written without it, with a one-line warning.
 
     The file is written to a temporary file in the same folder and then moved onto ``path``, so a failure never
     leaves a partial output. The parent folder is created if missing. Raises :class:`VideoError` on bad frames,
@@ -403,9 +451,26 @@ def write_video(
         raise VideoError(f"cannot write {path}: a parent of it is a file, not a folder") from None
     except OSError as err:
         raise VideoError(f"cannot write {path}: {err.strerror or err}") from None
+    if audio is not None and suffix != ".mp4":
+        raise VideoError(f"{path.suffix} files hold no audio")
+    if suffix == ".gif" and fps > GIF_MAX_FPS:
+        logger.warning("%s is written at %d fps, not %g: GIF frame delays are hundredths of a second, and players "
+                       "show delays under 2/100 s as 1/10 s", path.name, GIF_MAX_FPS, fps)
+        fps = GIF_MAX_FPS
+    dropped = None
     try:
-        with atomic_write(path, suffix) as tmp:  # the suffix lets the muxer pick the format
-            _WRITERS[suffix](arrays, str(tmp), float(fps))
+        if audio is not None:
+            try:
+                with atomic_write(path, suffix) as tmp:
+                    _write_mp4(arrays, str(tmp), float(fps), pathlib.Path(audio))
+            except (av.FFmpegError, ValueError) as err:  # a codec the mp4 muxer cannot hold without re-encoding
+                dropped = err
+        if audio is None or dropped is not None:
+            with atomic_write(path, suffix) as tmp:  # the suffix lets the muxer pick the format
+                _WRITERS[suffix](arrays, str(tmp), float(fps))
     except (OSError, av.FFmpegError) as err:
         raise VideoError(f"cannot write {path}: {getattr(err, 'strerror', None) or err}") from None
+    if dropped is not None:
+        logger.warning("the source's audio was not kept in %s: an mp4 cannot hold it without re-encoding (%s)",
+                       path.name, " ".join(str(dropped).split()))
     return path

@@ -179,6 +179,25 @@ def control_kwargs(images: list[torch.Tensor] | None, settings: EditSettings) ->
     )
 
 
+def audio_source(clip: Video, settings: EditSettings, outputs: Sequence[str | os.PathLike]) -> pathlib.Path | None:
+    """The file whose audio goes with the edits: the source's, when it has some and the edits keep
+    its timing (every frame, at its fps) in mp4 files; else None, with one line saying why when
+    there was audio to keep."""
+    if clip.audio is None or settings.no_audio:
+        return None
+    why = None
+    if clip.stride != 1:
+        why = f"the edit takes one source frame in {clip.stride} (--stride {clip.stride}), so its timing is not the source's"
+    elif settings.fps is not None and abs(settings.fps - clip.fps) > 1e-6:
+        why = f"--fps {settings.fps:g} changes the timing of the source's {clip.fps:g} fps"
+    elif any(pathlib.Path(output).suffix.lower() != ".mp4" for output in outputs):
+        why = "GIF files hold no audio"
+    if why:
+        logger.info("the source's audio is not kept: %s", why)
+        return None
+    return clip.audio
+
+
 def check_finite_frames(frames: torch.Tensor, pipe) -> None:
     """Refuse to write a video of NaNs (black frames): half precision overflowing, or a guidance
     scale so large the latents blow up."""
@@ -303,6 +322,7 @@ def edit_prompts(
     if settings.control and controls is None:
         controls = control_images(clip, settings)
     device, control = pipe._execution_device, control_kwargs(controls, settings)
+    audio = audio_source(clip, settings, outputs) if write else None
     if inversion is None:
         inversion = invert_source(pipe, clip, settings, cache_dir, write, controls=controls)
     for index, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
@@ -321,7 +341,7 @@ def edit_prompts(
             written = pathlib.Path(output)
             if write:
                 with timed(timings, "write", device):
-                    written = write_video(frames, output, fps=settings.fps or clip.fps,
+                    written = write_video(frames, output, fps=settings.fps or clip.fps, audio=audio,
                                           side_by_side=clip.frames if settings.side_by_side else None)
         except Exception as error:  # noqa: BLE001 - reported per prompt; the others still run
             yield PromptEdit(index, prompt, pathlib.Path(output), error)

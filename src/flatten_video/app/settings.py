@@ -306,6 +306,10 @@ class EditSettings:
     side_by_side: bool = option(
         False, "write source | edit side by side", widget=Widget("checkbox", "Source and edit side by side", METHOD)
     )
+    no_audio: bool = option(
+        False, "leave out the source's audio (by default an mp4 edit keeps it, copied as it is, when it keeps the "
+        "source's timing: stride 1 and the source's fps)",
+    )
     #: The model family the settings are for (:data:`flatten_video.families.FAMILIES`): its
     #: defaults (:meth:`for_family`), choices and rules. Not an option: the model decides it.
     family: str = "sd"
