@@ -489,3 +489,63 @@ def test_sigterm_while_the_video_is_written_leaves_nothing_partial(clip, tiny_sd
     assert status == 143 and err.strip().splitlines()[-1] == "terminated"
     assert list((tmp_path / "out").iterdir()) == []  # neither the output nor its temporary file
     assert signal.getsignal(signal.SIGTERM) is not cli._terminate  # the handler is the caller's again after
+
+
+# ------------------------------------------------------------------------------------- the cache is optional
+
+
+def cache_entry(cache: pathlib.Path) -> pathlib.Path:
+    (entry,) = cache.glob("*.safetensors")
+    return entry
+
+
+def test_a_cache_that_cannot_be_written_never_fails_the_edit(clip, tiny_sd_path, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from flatten_video.pipelines import inversion
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(inversion, "save_file", full_disk)
+    output = tmp_path / "edit.mp4"
+    status, out, err = run(edit_argv(clip, output, tiny_sd_path, "--cache-dir", str(tmp_path / "cache")), capsys)
+    assert status == 0 and out.strip() == f"wrote {output}" and stream_info(output) == (W, H, 3)
+    notes = [line for line in err.splitlines() if "not cached" in line]
+    assert len(notes) == 1 and "No space left on device" in notes[0]
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())  # no partial entry
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda start: setattr(start, "latents", start.latents * float("nan")), "NaN or infinite"),
+    (lambda start: [setattr(start, "latents", start.latents[..., :4]),
+                    start.source_latents.update({t: v[..., :4] for t, v in start.source_latents.items()})],
+     "these frames make"),
+])
+def test_a_damaged_cached_inversion_is_made_again_and_replaced(clip, tiny_sd_path, tmp_path, capsys, damage, why):
+    from flatten_video.pipelines import EditStart
+
+    cache = tmp_path / "cache"
+    argv = edit_argv(clip, tmp_path / "edit.mp4", tiny_sd_path, "--cache-dir", str(cache))
+    assert run(argv, capsys)[0] == 0
+    entry = cache_entry(cache)
+    start = EditStart.load(entry)
+    damage(start)
+    start.save(entry)
+    status, _, err = run(argv, capsys)
+    assert status == 0
+    assert any("ignoring a damaged cached inversion" in line and why in line for line in err.splitlines()), err
+    repaired = EditStart.load(cache_entry(cache))
+    assert torch.isfinite(repaired.latents).all() and repaired.latents.shape[-1] == W // 8
+
+
+def test_cache_files_follow_the_umask(clip, tiny_sd_path, tmp_path, capsys):
+    import os
+
+    previous = os.umask(0o002)  # a group-shared cache
+    try:
+        assert run(edit_argv(clip, tmp_path / "edit.mp4", tiny_sd_path, "--cache-dir", str(tmp_path / "cache")),
+                   capsys)[0] == 0
+    finally:
+        os.umask(previous)
+    assert cache_entry(tmp_path / "cache").stat().st_mode & 0o777 == 0o664

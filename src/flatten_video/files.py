@@ -22,6 +22,15 @@ def atomic_write(path: str | os.PathLike, suffix: str = ""):
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
     try:
         yield tmp
+        follow_umask(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a new file gets here (0666 less the umask): some writers
+    (safetensors) create 0600 files, which a cache shared by a group could not be read from."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

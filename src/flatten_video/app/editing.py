@@ -128,18 +128,42 @@ class InversionCache:
         digest.update(json.dumps(identity, sort_keys=True).encode())
         return self.folder / f"{digest.hexdigest()[:32]}.safetensors"
 
-    def load(self, path: pathlib.Path) -> EditStart | None:
-        """The cached inversion, or None when there is none or it cannot be read (it is redone)."""
+    def load(self, path: pathlib.Path, frames: torch.Tensor | None = None, pipe=None) -> EditStart | None:
+        """The cached inversion, or None when there is none or it cannot be used (it is redone and
+        replaced): unreadable, latents that are not finite, or shapes that disagree with its own
+        settings or with the ``frames`` (F, 3, H, W) that ``pipe`` would invert."""
         if not path.exists():
             return None
         try:
             inversion = EditStart.load(path)
+            check_start(inversion, frames, pipe)
         except ValueError as error:
-            logger.warning("ignoring a damaged cached inversion: %s", error)
+            logger.warning("ignoring a damaged cached inversion (it is made again): %s", error)
             return None
         logger.info("reusing the cached inversion of this clip and settings (no flow or inversion to run): %s", path)
         return inversion
 
+
+
+def check_start(start: EditStart, frames: torch.Tensor | None = None, pipe=None) -> None:
+    """``ValueError`` unless ``start`` can be sampled from: finite latents (1, C, F', h, w), source
+    latents of its shape, and, given the ``frames`` ``pipe`` would invert, the latent shape they
+    make."""
+    latents = start.latents
+    if latents.ndim != 5 or latents.shape[0] != 1:
+        raise ValueError(f"its latents have the shape {tuple(latents.shape)}, not (1, C, F', h, w)")
+    for name, tensor in [("latents", latents), *((f"source latents at {t}", v) for t, v in
+                                                 getattr(start, "source_latents", {}).items())]:
+        if tensor.shape != latents.shape:
+            raise ValueError(f"its {name} have the shape {tuple(tensor.shape)}, its latents {tuple(latents.shape)}")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"its {name} hold NaN or infinite values")
+    if frames is not None and pipe is not None:
+        backbone = pipe.backbone
+        expected = (1, backbone.in_channels, backbone.num_latent_frames(len(frames)),
+                    *backbone.latent_size(*frames.shape[-2:]))
+        if tuple(latents.shape) != expected:
+            raise ValueError(f"its latents have the shape {tuple(latents.shape)}; these frames make {expected}")
 
 
 def control_images(clip: Video, settings: EditSettings) -> list[torch.Tensor]:
@@ -269,13 +293,16 @@ def invert_source(pipe, clip: Video, settings: EditSettings, cache_dir: str | os
     ``controls``: the condition maps of the ``--control`` options (:func:`control_images`)."""
     cache = InversionCache(cache_dir) if cache_dir is not None else None
     entry = cache.path(pipe, clip.frames, settings) if cache else None
-    inversion = cache.load(entry) if cache else None
+    inversion = cache.load(entry, clip.frames, pipe) if cache else None
     if inversion is None:
         generator = torch.Generator(device="cpu").manual_seed(settings.seed)
         inversion = pipe.invert_video(clip.frames, generator=generator, flows=flows,
                                       **settings.pipeline_kwargs(for_inversion=True), **control_kwargs(controls, settings))
         if cache and write:
-            inversion.save(entry)
+            try:
+                inversion.save(entry)
+            except Exception as error:  # noqa: BLE001 - a cache is optional: a full disk must not end the edit
+                logger.warning("the inversion was not cached (the edit goes on): %s", error_line(error))
     return inversion
 
 
