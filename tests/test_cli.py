@@ -7,6 +7,7 @@ exit status, no traceback and no file left behind; ``--debug`` raises instead.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 import urllib.error
@@ -22,6 +23,7 @@ from flatten_video import cli
 from flatten_video.app import runtime
 from flatten_video.video import VideoError, read_video, write_video
 
+TINY_SD_DATA = pathlib.Path(__file__).parent / "data" / "reference-cases" / "tiny-sd"
 SOURCE_FRAMES = 6
 W, H = 96, 64  # non-square on purpose
 
@@ -254,6 +256,19 @@ def inputs(tmp_path) -> pathlib.Path:
     for index, frame in enumerate(moving_texture(frames=SOURCE_FRAMES, height=H, width=W)):
         PIL.Image.fromarray((frame.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(folder / "frames" / f"{index:03d}.png")
     (folder / "clip-link.mp4").symlink_to(folder.parent / "missing-until-the-test.mp4")
+    # Model folders that are not what --model takes: only their configs, which are read before any weights.
+    index = json.loads((TINY_SD_DATA / "model_index.json").read_text())
+    components = [name for name, value in index.items() if isinstance(value, list) and value[0]]
+    for name, unet in (("inpainting", {"_class_name": "UNet2DConditionModel", "in_channels": 9}), ("no-unet", None)):
+        (folder / name).mkdir()
+        (folder / name / "model_index.json").write_text(json.dumps(index))
+        for component in components:
+            if component != "unet" or unet:
+                (folder / name / component).mkdir()
+        if unet:
+            (folder / name / "unet" / "config.json").write_text(json.dumps(unet))
+    (folder / "controlnet").mkdir()
+    (folder / "controlnet" / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
     return folder
 
 
@@ -313,9 +328,12 @@ BAD_INPUTS = [
     case(CLIP, "--prompts-file", "<inputs>/nope.txt", error=r"cannot read the prompts file .*nope\.txt", id="prompts-file-missing"),
     case(CLIP, "-p", "a dog", output="edit.mp4", error=r"2 prompts need one output each: put \{prompt\} or \{index\} in the output name", id="prompts-without-placeholder"),
     case(CLIP, model="junk.safetensors", error=r"could not read the checkpoint .*junk\.safetensors: not a valid safetensors file", id="junk-checkpoint"),
-    case(CLIP, model="no-such-model", error=r"could not load the Stable Diffusion model '.*no-such-model'", id="unknown-model-path", loads_model=True),
+    case(CLIP, model="no-such-model", error=r"no such folder: .*no-such-model \(give a diffusers model folder", id="unknown-model-path"),
+    case(CLIP, model="inpainting", error=r"inpainting's U-Net takes 9 input channels \(an inpainting checkpoint", id="inpainting-model"),
+    case(CLIP, model="controlnet", error=r"controlnet is a ControlNet, not a base model: give it with --control KIND=", id="controlnet-as-model"),
+    case(CLIP, model="no-unet", error=r"no-unet lacks the folder unet/ that its model_index.json names", id="model-without-unet"),
     case(CLIP, "--guidance", "1e38", error=r"the edit came out as NaN or infinite values, so nothing was written; lower --guidance", id="edit-blows-up", loads_model=True),
-    case(CLIP, model=".", error=r"could not load the Stable Diffusion model '.*inputs'", id="folder-that-is-no-model", loads_model=True),
+    case(CLIP, model=".", error=r"inputs is not a diffusers pipeline folder \(no model_index.json\)", id="folder-that-is-no-model"),
     # Tests run offline (conftest): a hub id not in the cache is told at once, before anything loads.
     case(CLIP, model="flatten-video-tests/no-such-model", error=r"^flatten-video: error: HF_HUB_OFFLINE is set: the model "
          r"flatten-video-tests/no-such-model is not in the Hugging Face cache; download it once while online", id="unknown-hub-id"),

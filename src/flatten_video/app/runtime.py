@@ -9,7 +9,7 @@ import pathlib
 import torch
 
 from ..flow import FlowWeightsUnavailable
-from ..hub import HubUnavailable, hub_kwargs
+from ..hub import HubUnavailable, hub_kwargs, is_hub_id
 from ..pipelines import FlattenMixin, FlattenPipeline, FlattenSDXLPipeline, ModelLoadError, pipeline_for_index
 from ..pipelines.loading import check_lora, is_single_file, load_single_file, single_file_family
 from .errors import error_line  # noqa: F401 - the web UI and the eval runner take it from here
@@ -69,11 +69,43 @@ def check_runtime(runtime, settings=None) -> str:
         check_lora(lora)
     if not is_single_file(runtime.model):  # a single file's base configs: load_single_file says what it lacks
         hub_kwargs(runtime.model, "model_index.json", "the model")
+        check_model(runtime.model)
     if settings is not None:
         for (kind, _), name in zip(settings.controls, check_controlnets(runtime.model, settings.controls), strict=True):
             hub_kwargs(name, "config.json", f"the {kind} ControlNet")
         check_schedule(runtime.model, settings)
     return device
+
+
+def check_model(model: str) -> None:
+    """What the model's folder (or its cached or fetched configs) says before any weights load:
+    a folder that does not exist or is no pipeline (a ControlNet, say), components its
+    ``model_index.json`` names but the folder lacks, and a U-Net that is not text-to-image's
+    (inpainting's 9 input channels). ``ValueError`` in one line."""
+    path = pathlib.Path(model).expanduser()
+    if not is_hub_id(model):
+        if not path.exists():
+            raise ValueError(f"no such folder: {model} (give a diffusers model folder, a .safetensors checkpoint or a hub id)")
+        if path.is_dir() and not (path / "model_index.json").is_file():
+            kind = checkpoint_json(str(path), "config.json").get("_class_name", "")
+            if "ControlNet" in kind:
+                raise ValueError(f"{model} is a ControlNet, not a base model: give it with --control KIND={model} "
+                                 "beside a Stable Diffusion --model")
+            raise ValueError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
+        if path.is_dir():
+            index = checkpoint_json(str(path), "model_index.json")
+            missing = [f"{name}/" for name, value in index.items() if isinstance(value, list) and len(value) == 2
+                       and value[0] and not (path / name).is_dir()]
+            if missing:
+                raise ValueError(f"{model} lacks the folder{'s' if len(missing) > 1 else ''} {', '.join(missing)} that its "
+                                 "model_index.json names")
+    unet = checkpoint_json(model, "unet/config.json")
+    channels = unet.get("in_channels", 4)
+    if unet and channels != 4:
+        kind = {9: "an inpainting checkpoint: latents, mask and masked image", 5: "a depth-to-image checkpoint",
+                8: "an InstructPix2Pix checkpoint: latents and the source image"}.get(channels, "not a text-to-image U-Net")
+        raise ValueError(f"{model}'s U-Net takes {channels} input channels ({kind}); FLATTEN edits with text-to-image "
+                         "checkpoints, whose U-Net takes 4")
 
 
 def check_schedule(model: str, settings) -> None:
