@@ -543,3 +543,44 @@ def test_decode_chunk_size_sets_vae_calls_and_not_the_frames(tiny_pipe, source, 
     assert torch.allclose(whole, chunked, atol=1e-5)
     with pytest.raises(ValueError, match="decode_chunk_size must be at least 1"):
         edit(tiny_pipe, source, decode_chunk_size=0)
+
+
+# -- diffusers habits -----------------------------------------------------------------------------
+
+
+def test_the_call_takes_diffusers_callback_tensor_inputs_and_refuses_unknown_ones(tiny_pipe):
+    frames = moving_texture(frames=3, height=64, width=64)
+    seen = []
+    tiny_pipe(frames, "a cat", num_inference_steps=2, num_inversion_steps=4, inject_steps=1, flow_method="dis",
+              output_type="latent", callback_on_step_end=lambda pipe, i, t, kw: seen.append(sorted(kw)) or kw,
+              callback_on_step_end_tensor_inputs=["latents"])
+    assert seen == [["latents"], ["latents"]]
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs may name latents; got 'prompt_embeds'"):
+        tiny_pipe(frames, "a cat", callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+
+
+@pytest.mark.parametrize("video, message", [
+    (torch.full((3, 3, 64, 64), 128.0), r"video values must be in \[0, 1\], got 128..128: divide 0..255 frames by 255"),
+    (torch.full((3, 3, 64, 64), -0.5), r"video values must be in \[0, 1\], got -0.5..-0.5"),
+    (torch.full((3, 3, 64, 64), float("nan")), "video holds NaN or infinite values"),
+])
+def test_frames_outside_0_1_are_refused_in_one_line(tiny_pipe, video, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipe(video, "a cat")
+
+
+def test_vae_slicing_and_tiling_switch_as_in_diffusers(tiny_pipe):
+    latents = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    whole = tiny_pipe.decode_latents(latents)
+    tiny_pipe.enable_vae_slicing()  # one frame at a time: the same frames
+    try:
+        assert tiny_pipe.vae.use_slicing
+        torch.testing.assert_close(tiny_pipe.decode_latents(latents), whole, atol=1e-5, rtol=1e-5)
+    finally:
+        tiny_pipe.disable_vae_slicing()
+    tiny_pipe.enable_vae_tiling()  # tiles blended at their seams: close to, not equal to, the whole frame
+    try:
+        assert tiny_pipe.vae.use_tiling and tiny_pipe.decode_latents(latents).shape == whole.shape
+    finally:
+        tiny_pipe.disable_vae_tiling()
+    assert not tiny_pipe.vae.use_slicing and not tiny_pipe.vae.use_tiling

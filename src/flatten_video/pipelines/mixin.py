@@ -198,6 +198,20 @@ class FlattenMixin:
 
     # -- video in, video out ------------------------------------------------------------------
 
+    def enable_vae_slicing(self) -> None:
+        """The VAE encodes and decodes one frame of a chunk at a time (less memory), as diffusers'."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self) -> None:
+        """The VAE works on overlapping tiles of large frames (less memory at 1024 px and above)."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
     def token_grids(self, height: int, width: int, levels: tuple[int, ...] = (0,)) -> list[tuple[int, int]]:
         """Token grids (h, w) of the backbone's ``levels`` for frames of ``height`` x ``width`` pixels."""
         return self.backbone.token_grids(self.backbone.latent_size(height, width), levels)
@@ -448,6 +462,16 @@ class FlattenMixin:
 
             return sampler(model)
 
+    #: The tensors ``callback_on_step_end`` may ask for (diffusers' ``_callback_tensor_inputs``).
+    _callback_tensor_inputs = ["latents"]
+
+    def check_callback_inputs(self, names) -> None:
+        """``callback_on_step_end_tensor_inputs`` names only tensors the callback is given."""
+        unknown = [name for name in names if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may name {', '.join(self._callback_tensor_inputs)}; "
+                             f"got {', '.join(map(repr, unknown))}")
+
     def _step_callback(self, callback_on_step_end: Callable | None):
         """diffusers' ``callback_on_step_end(pipe, step, timestep, {"latents": ...})`` as a sampler's
         ``callback(index, t, latents)``: a returned dict may replace the latents."""
@@ -550,6 +574,7 @@ class FlattenMixin:
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         decode_chunk_size: int | None = None,
     ):
         """Edit a video: flow, trajectories, the method's start (VAE encoding and inversion for the
@@ -590,6 +615,8 @@ class FlattenMixin:
                 guidance 12.5. ``init`` is another name for it.
             source_prompt: the prompt the source is inverted with (default: empty, as the paper).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            callback_on_step_end, callback_on_step_end_tensor_inputs: diffusers' step callback
+                ``(pipe, step, timestep, {"latents": ...})``, and the tensors it asks for (``latents``).
             decode_chunk_size: frames the VAE decodes at a time (default: 8 at 512x512, fewer at
                 larger sizes, :func:`~flatten_video.pipelines.codec.vae_chunk_frames`).
 
@@ -598,6 +625,7 @@ class FlattenMixin:
         """
         # 1. Check inputs and resolve the edit's config and schedule
         check_choice("output_type", output_type, OUTPUT_TYPES)
+        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
         if decode_chunk_size is not None:
             check_at_least("decode_chunk_size", decode_chunk_size, 1)
         method = self._method_name(method, init)

@@ -44,7 +44,14 @@ def frames_to_tensor(video) -> torch.Tensor:
         frames = frames.float() / 255
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"video must have shape (F, 3, H, W), got {tuple(frames.shape)}")
-    return frames.float()
+    frames = frames.float()
+    if frames.numel() and not torch.isfinite(frames).all():
+        raise ValueError("video holds NaN or infinite values")
+    if frames.numel() and (frames.min() < -1e-3 or frames.max() > 1 + 1e-3):
+        low, high = float(frames.min()), float(frames.max())
+        hint = ": divide 0..255 frames by 255" if high > 2 else ""
+        raise ValueError(f"video values must be in [0, 1], got {low:g}..{high:g}{hint}")
+    return frames
 
 
 def frames_to_output(frames: torch.Tensor, output_type: str):

@@ -295,6 +295,7 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     ):
         """Edit a video on Wan with FlowEdit or inversion, FLATTEN on (``attention_mode="dsta+flatten"``)
         or off (``"dsta"``, Wan's own attention).
@@ -326,6 +327,7 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         """
         # 1. Check inputs
         check_choice("output_type", output_type, OUTPUT_TYPES)
+        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
         method = self._method_name(inversion.method if inversion is not None else method)
         frames = None if video is None else frames_to_tensor(video)
         sampling = dict(source_guidance_scale=source_guidance_scale, n_max=n_max, n_min=n_min, n_avg=n_avg)
