@@ -444,3 +444,30 @@ def test_eval_reports_too_few_frames_in_one_line(edit_pair, clip_path, capsys):
     assert main(["eval", *edit_pair, "--prompt", "a dog", "--frames", "8", "--clip-model", clip_path]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "8 frames" in err[0]
+
+
+@pytest.mark.parametrize("header, message", [
+    (["Video name", "Our GT caption", "Style Change Caption", "Object count", "Object Change Caption",
+      "Background Change Caption", "Multiple Changes Caption"], None),
+    (["Video name", "Our GT caption", "Style Change Caption", "Object captions", "Background Change Caption",
+      "Multiple Changes Caption"], "no column named 'Object Change Caption'"),
+    (["Video name", "Our GT caption", "Style Change Caption", "Object Change Caption", "object change caption ",
+      "Background Change Caption", "Multiple Changes Caption"], "more than one column named 'Object Change Caption'"),
+])
+def test_the_caption_columns_are_matched_by_their_whole_name(tmp_path, header, message):
+    """An extra "Object count" column must not be read as the object edit's prompts."""
+    root = tmp_path / "tgve"
+    (root / "DAVIS_480p" / "480p_frames" / "dog").mkdir(parents=True)
+    cells = {"Video name": "dog", "Our GT caption": "a dog", "Style Change Caption": "a dog, watercolor",
+             "Object count": "2", "Object Change Caption": "a cat", "Background Change Caption": "a dog on the moon",
+             "Multiple Changes Caption": "a cat on the moon"}
+    with open(root / "captions.csv", "w", newline="") as file:
+        csv.writer(file).writerows([header, ["DAVIS Videos:"] + [""] * (len(header) - 1),
+                                    [cells.get(name.strip(), "x") for name in header]])
+    if message is None:
+        items = dataset.load_items(root, root / "captions.csv")
+        assert {item.edit: item.prompt for item in items}["object"] == "a cat"
+        return
+    with pytest.raises(dataset.BenchError, match=message) as error:
+        dataset.load_items(root, root / "captions.csv")
+    assert "\n" not in str(error.value)

@@ -83,17 +83,26 @@ def find_csv(data_dir: pathlib.Path, csv_path: str | None = None) -> pathlib.Pat
     raise BenchError(f"several CSV files in {data_dir} ({', '.join(p.name for p in found)}); pick one with --csv")
 
 
-def _column_roles(header: list[str]) -> dict[str, int]:
-    """Column index of 'video', 'subset', 'caption' and each edit, matched by keyword (lenient)."""
+#: The captions CSV's columns by role, named as the official file names them (case, spacing and
+#: underscores aside); "subset" is optional, as is the source caption.
+COLUMNS = {"video": "Video name", "caption": "Our GT caption", "style": "Style Change Caption",
+           "object": "Object Change Caption", "background": "Background Change Caption",
+           "multiple": "Multiple Changes Caption", "subset": "subset"}
+REQUIRED_COLUMNS = ("video", *EDITS)
+
+
+def _column_roles(header: list[str]) -> tuple[dict[str, int], list[str]]:
+    """(role -> column index, the roles named by more than one column) of a row, columns matched
+    by their whole name: a column that only contains a word ("Object count") is no caption."""
     roles: dict[str, int] = {}
+    twice = []
     for index, cell in enumerate(header):
-        name = _norm(cell)
-        # Edit columns first: "Style Change Caption" also contains "caption".
-        role = next((e for e in EDITS if e in name), None)
-        role = role or next((r for r in ("video", "subset", "caption") if r in name), None)
-        if role:
-            roles.setdefault(role, index)
-    return roles
+        role = next((r for r, name in COLUMNS.items() if _norm(cell) == _norm(name)), None)
+        if role in roles:
+            twice.append(role)
+        elif role:
+            roles[role] = index
+    return roles, twice
 
 
 def _subset_row(cells: list[str], known: set[str]) -> str | None:
@@ -122,13 +131,16 @@ def load_items(data_dir: pathlib.Path, csv_path: pathlib.Path) -> list[Item]:
         rows = list(csv.reader(csv_path.read_text(encoding="utf-8-sig").splitlines()))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise BenchError(f"cannot read captions CSV {csv_path}: {error}") from None
-    header_at = next((i for i, row in enumerate(rows) if {"video", *EDITS} <= _column_roles(row).keys()), None)
+    header_at = next((i for i, row in enumerate(rows) if "video" in _column_roles(row)[0]), None)
     if header_at is None:
-        raise BenchError(
-            f"{csv_path} has no header row with a 'Video name' column and the four edit caption columns "
-            f"({', '.join(EDITS)}); is it the LOVEU-TGVE captions file?"
-        )
-    roles = _column_roles(rows[header_at])
+        raise BenchError(f"{csv_path} has no header row with a 'Video name' column; is it the LOVEU-TGVE captions file?")
+    roles, twice = _column_roles(rows[header_at])
+    missing = [COLUMNS[role] for role in REQUIRED_COLUMNS if role not in roles]
+    if missing or twice:
+        problem = (f"no column named {', '.join(map(repr, missing))}" if missing else
+                   f"more than one column named {', '.join(repr(COLUMNS[role]) for role in twice)}")
+        raise BenchError(f"the header of {csv_path} (line {header_at + 1}) has {problem}: the captions are read from "
+                         f"the columns named {', '.join(repr(COLUMNS[r]) for r in REQUIRED_COLUMNS)}")
     if not data_dir.is_dir():
         raise BenchError(f"not a folder: {data_dir}")
     folders = {subset_key(p.name): p for p in sorted(data_dir.iterdir()) if p.is_dir()}
