@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import logging
 import pathlib
+import re
 import socket
 import threading
 import urllib.error
@@ -378,3 +379,29 @@ def test_web_command_refuses_a_machine_or_model_it_cannot_serve_before_serving(a
     assert cli.main(["web", *argv]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"flatten-video: error: {message}") and launched == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--share"], "a public gradio.live link \\(--share\\) lets anyone who has the address run edits"),
+    (["--host", "0.0.0.0"], "--host 0.0.0.0 lets anyone who has the address run edits on this machine"),
+    (["--host", "0.0.0.0", "--auth", "nocolon"], "--auth: expected USER:PASSWORD"),
+])
+def test_serving_beyond_this_machine_needs_a_password(argv, message, monkeypatch, tmp_path, tiny_sd_path, capsys):
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: pytest.fail("served"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["web", "--model", str(tiny_sd_path), "--device", "cpu", *argv]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+
+
+def test_auth_pairs_reach_gradio_and_no_auth_is_on_purpose(monkeypatch, tmp_path, tiny_sd_path):
+    launched = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "users.txt").write_text("# who may edit\nana:s3cret\n\nbo:pa:ss\n")
+    assert cli.main(["web", "--model", str(tiny_sd_path), "--device", "cpu", "--host", "0.0.0.0", "--auth", "me:pw",
+                     "--auth-file", str(tmp_path / "users.txt")]) == 0
+    assert launched["auth"] == [("me", "pw"), ("ana", "s3cret"), ("bo", "pa:ss")]
+    assert cli.main(["web", "--model", str(tiny_sd_path), "--device", "cpu", "--share", "--no-auth"]) == 0
+    assert launched["auth"] is None and launched["share"] is True
+    assert cli.main(["web", "--model", str(tiny_sd_path), "--device", "cpu"]) == 0 and launched["auth"] is None

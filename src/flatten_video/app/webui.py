@@ -630,6 +630,7 @@ def run_web(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
     check_positive_number("--max-upload-mb", args.max_upload_mb)
     check_num_frames("--max-frames", args.max_frames)
+    auth = web_auth(args)
     check_runtime(RuntimeSettings.from_namespace(args))
     editor = Editor(args.model, args.device, args.dtype, args.output_dir, False if args.no_cache else args.cache_dir,
                     args.lora, args.lora_scale, model_config=args.model_config, max_frames=args.max_frames)
@@ -642,9 +643,53 @@ def run_web(args: argparse.Namespace) -> int:
         allowed_paths=[str(editor.output_dir.absolute())],
         inbrowser=args.open,
         max_file_size=int(args.max_upload_mb * 1024 * 1024),
+        auth=auth,
         quiet=True,
     )
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def web_auth(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    """The (user, password) pairs the page asks for (Gradio's ``auth``), from ``--auth USER:PASSWORD``
+    (repeatable) and ``--auth-file`` (one pair a line). Serving beyond this machine (``--share``,
+    or a ``--host`` other than loopback) lets anyone with the address run edits on this GPU and
+    fetch the results, so it needs them, or ``--no-auth`` to say it is meant."""
+    pairs = [_auth_pair(entry, "--auth") for entry in args.auth or []]
+    if args.auth_file:
+        path = pathlib.Path(args.auth_file)
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read --auth-file {path}: {getattr(error, 'strerror', None) or error}") from None
+        pairs += [_auth_pair(line.strip(), f"--auth-file {path}") for line in lines
+                  if line.strip() and not line.lstrip().startswith("#")]
+        if not pairs:
+            raise ValueError(f"--auth-file {path} holds no USER:PASSWORD line")
+    public = args.share or not is_loopback(args.host)
+    if public and not pairs and not args.no_auth:
+        where = "a public gradio.live link (--share)" if args.share else f"--host {args.host}"
+        raise ValueError(f"{where} lets anyone who has the address run edits on this machine and fetch the results: "
+                         "give --auth USER:PASSWORD (or --auth-file), or --no-auth if that is meant")
+    return pairs or None
+
+
+def _auth_pair(entry: str, where: str) -> tuple[str, str]:
+    user, colon, password = entry.partition(":")
+    if not colon or not user or not password:
+        raise ValueError(f"{where}: expected USER:PASSWORD, got {'a line without both' if entry else 'an empty value'}")
+    return user, password
 
 
 def add_web_arguments(parser: argparse.ArgumentParser) -> None:
@@ -652,7 +697,13 @@ def add_web_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, RuntimeSettings)
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST}, this machine only; 0.0.0.0 for the network)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
-    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default; needs --auth)")
+    parser.add_argument("--auth", action="append", metavar="USER:PASSWORD",
+                        help="ask visitors for this user and password (repeat for several); needed to serve beyond this "
+                             "machine (--share, or a --host other than loopback)")
+    parser.add_argument("--auth-file", default=None, metavar="FILE", help="more USER:PASSWORD pairs, one a line")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="serve beyond this machine without a password, on purpose")
     parser.add_argument("--open", action="store_true", help="open the page in a browser")
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"where edited videos are kept (default: ./{DEFAULT_OUTPUT_DIR})")
     parser.add_argument("--cache-dir", default=None, help="where inversions are kept, so a new prompt on the same clip skips flow and inversion (default: OUTPUT_DIR/inversions)")
