@@ -24,6 +24,7 @@ from ..choices import (
     FLOW_GUIDED_MODES,
     FLOW_METHODS,
     INJECTING_METHODS,
+    METHOD_OPTIONS,
     METHODS,
 )
 from ..families import FAMILIES
@@ -129,7 +130,10 @@ class Option:
 
 
 def option(default, help: str, **meta):
-    """A dataclass field carrying its :class:`Option`."""
+    """A dataclass field carrying its :class:`Option`; the methods that read it are
+    :data:`~flatten_video.choices.METHOD_OPTIONS`' (by its keyword argument)."""
+    kwarg = meta.get("kwarg")
+    meta.setdefault("methods", tuple(method for method, names in METHOD_OPTIONS.items() if kwarg in names))
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"option": Option(help, **meta)})
     return field(default=default, metadata={"option": Option(help, **meta)})
@@ -137,7 +141,7 @@ def option(default, help: str, **meta):
 
 FRAMES, DIFFUSION, METHOD, CONTROL = "Frames and size", "Diffusion", "Method (ablations)", "ControlNet"
 FLOWEDIT = "FlowEdit (Wan)"
-SD, SD_INVERSION, FLOWEDIT_ONLY = dict(families=("sd",)), dict(methods=("inversion",)), dict(methods=("flowedit",))
+SD = dict(families=("sd",))
 
 #: What a family's checkpoints get where an option is left out, when it differs from the field's
 #: default (the paper's, for Stable Diffusion): Wan 2.1's length, windows and guidance
@@ -201,12 +205,12 @@ class EditSettings:
         widget=Widget("slider", "Sampling steps", DIFFUSION, 1, 200, 1),
     )
     inversion_steps: int = option(
-        defaults.NUM_INVERSION_STEPS, f"DDIM inversion steps (default: {defaults.NUM_INVERSION_STEPS})", kwarg="num_inversion_steps", inversion=True, minimum=1, **SD, **SD_INVERSION,
+        defaults.NUM_INVERSION_STEPS, f"DDIM inversion steps (default: {defaults.NUM_INVERSION_STEPS})", kwarg="num_inversion_steps", inversion=True, minimum=1, **SD,
         widget=Widget("slider", "Inversion steps", DIFFUSION, 1, 400, 1),
     )
     inject_steps: int = option(
         defaults.INJECT_STEPS, f"sampling steps that get the source features (default: {defaults.INJECT_STEPS}; on Wan, the source's "
-        "self-attention query and key)", kwarg="inject_steps", inversion=True, minimum=0, **SD_INVERSION,
+        "self-attention query and key)", kwarg="inject_steps", inversion=True, minimum=0,
         widget=Widget("slider", "Steps with source features", DIFFUSION, 0, 200, 1),
     )
     guidance: float = option(
@@ -244,22 +248,22 @@ class EditSettings:
     )
     n_max: int = option(
         defaults.WAN["n_max"], f"FlowEdit: sampling steps that edit; the first --steps minus N are skipped (default: "
-        f"{defaults.WAN['n_max']})", kwarg="n_max", sampling_only=True, minimum=0, **FLOWEDIT_ONLY,
+        f"{defaults.WAN['n_max']})", kwarg="n_max", sampling_only=True, minimum=0,
         widget=Widget("slider", "Editing steps (n_max)", FLOWEDIT, 0, 200, 1),
     )
     n_min: int = option(
         defaults.WAN["n_min"], f"FlowEdit: last steps sampled plainly from the target (default: {defaults.WAN['n_min']})",
-        kwarg="n_min", sampling_only=True, minimum=0, **FLOWEDIT_ONLY,
+        kwarg="n_min", sampling_only=True, minimum=0,
         widget=Widget("slider", "Plain last steps (n_min)", FLOWEDIT, 0, 200, 1),
     )
     n_avg: int = option(
         defaults.WAN["n_avg"], f"FlowEdit: noises averaged per step (default: {defaults.WAN['n_avg']})", kwarg="n_avg",
-        sampling_only=True, minimum=1, **FLOWEDIT_ONLY, widget=Widget("slider", "Noises per step (n_avg)", FLOWEDIT, 1, 8, 1),
+        sampling_only=True, minimum=1, widget=Widget("slider", "Noises per step (n_avg)", FLOWEDIT, 1, 8, 1),
     )
     source_guidance: float = option(
         defaults.WAN["source_guidance_scale"], f"FlowEdit: guidance of the source velocity (default: "
         f"{defaults.WAN['source_guidance_scale']:g})", kwarg="source_guidance_scale", sampling_only=True,
-        **FLOWEDIT_ONLY, widget=Widget("slider", "Source guidance", FLOWEDIT, 1, 20, 0.5),
+        widget=Widget("slider", "Source guidance", FLOWEDIT, 1, 20, 0.5),
     )
     control: list = option(
         [], "a ControlNet steering the edit: canny, depth, hed, lineart or openpose, with =MODEL to pick the "
