@@ -269,6 +269,16 @@ def inputs(tmp_path) -> pathlib.Path:
             (folder / name / "unet" / "config.json").write_text(json.dumps(unet))
     (folder / "controlnet").mkdir()
     (folder / "controlnet" / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
+    # LoRAs of other families: only their tensors' names and shapes matter (read before any weights load).
+    from safetensors.torch import save_file
+
+    block = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    save_file({f"unet.{block}.lora_A.weight": torch.zeros(4, 2048), f"unet.{block}.lora_B.weight": torch.zeros(640, 4)},
+              str(folder / "sdxl-lora.safetensors"))
+    kohya = "lora_unet_" + block.replace(".", "_")
+    save_file({f"{kohya}.lora_down.weight": torch.zeros(4, 2048), f"{kohya}.lora_up.weight": torch.zeros(640, 4)},
+              str(folder / "sdxl-kohya.safetensors"))
+    save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 1536)}, str(folder / "wan-lora.safetensors"))
     return folder
 
 
@@ -322,6 +332,11 @@ BAD_INPUTS = [
     case(CLIP, "--lora", "<inputs>/weights.bin", error=r"could not load the LoRA .*weights\.bin.: only \.safetensors files are read", id="pickled-lora"),
     case(CLIP, "--lora", "<inputs>/junk.safetensors", error=r"could not load the LoRA .*junk\.safetensors.: not a valid safetensors file", id="junk-lora"),
     case(CLIP, "--lora", "<inputs>/nope.safetensors", error=r"could not load the LoRA .*nope\.safetensors.: no such file", id="missing-lora"),
+    case(CLIP, "--lora", "<inputs>/sdxl-lora.safetensors", error=r"the LoRA .*sdxl-lora\.safetensors is for SDXL \(its "
+         r"cross-attention reads 2048-wide text\); .*tiny-sd is a U-Net \(32\)", id="sdxl-lora-on-sd"),
+    case(CLIP, "--lora", "<inputs>/sdxl-kohya.safetensors", error=r"sdxl-kohya\.safetensors is for SDXL", id="sdxl-kohya-lora-on-sd"),
+    case(CLIP, "--lora", "<inputs>/wan-lora.safetensors", error=r"wan-lora\.safetensors is for a video transformer \(Wan\)",
+         id="wan-lora-on-sd"),
     case(CLIP, "--lora", "someone/some-lora", error=r"HF_HUB_OFFLINE is set: the LoRA someone/some-lora is not in the Hugging Face cache", id="lora-hub-id-offline"),
     case(CLIP, "-p", "a \udcff\udcfe fox", error=r"the prompt is not valid UTF-8 text", id="prompt-not-utf8"),
     case(CLIP, "--prompts-file", "<inputs>/latin1.txt", error=r"the prompts file .*latin1\.txt is not UTF-8 text", id="prompts-file-not-utf8"),

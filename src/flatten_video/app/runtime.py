@@ -11,7 +11,7 @@ import torch
 from ..flow import FlowWeightsUnavailable
 from ..hub import HubUnavailable, hub_kwargs, is_hub_id
 from ..pipelines import FlattenMixin, FlattenPipeline, FlattenSDXLPipeline, ModelLoadError, pipeline_for_index
-from ..pipelines.loading import check_lora, is_single_file, load_single_file, single_file_family
+from ..pipelines.loading import check_lora, is_single_file, load_single_file, lora_target, single_file_family
 from .errors import error_line  # noqa: F401 - the web UI and the eval runner take it from here
 from .settings import DEFAULT_MODEL, DTYPES  # noqa: F401 - the web UI and scripts take them from here too
 
@@ -67,6 +67,7 @@ def check_runtime(runtime, settings=None) -> str:
     check_dtype(runtime.dtype, device)
     for lora in runtime.lora:
         check_lora(lora)
+        check_lora_fits(lora, runtime.model)
     if not is_single_file(runtime.model):  # a single file's base configs: load_single_file says what it lacks
         hub_kwargs(runtime.model, "model_index.json", "the model")
         check_model(runtime.model)
@@ -75,6 +76,26 @@ def check_runtime(runtime, settings=None) -> str:
             hub_kwargs(name, "config.json", f"the {kind} ControlNet")
         check_schedule(runtime.model, settings)
     return device
+
+
+def check_lora_fits(lora: str, model: str) -> None:
+    """A LoRA trained on another family than the model's is one line before any weights load
+    (loading it would end in dozens of size mismatches); nothing when either cannot be told."""
+    target = lora_target(lora)
+    if target is None or is_single_file(model):
+        return
+    denoiser, width = target
+    family = getattr(pipeline_class(model), "family", "sd")
+    names = {"sd15": "SD 1.x", "sd21": "SD 2.x", "sdxl": "SDXL"}
+    if denoiser == "transformer" and family == "sd":
+        raise ValueError(f"the LoRA {lora} is for a video transformer (Wan), and {model} is Stable Diffusion")
+    if denoiser == "unet" and family != "sd":
+        raise ValueError(f"the LoRA {lora} is for a Stable Diffusion U-Net, and {model} is {family.title()}")
+    model_width = checkpoint_json(model, "unet/config.json").get("cross_attention_dim")
+    if width is not None and model_width is not None and width != model_width:
+        lora_family, model_family = names.get(FAMILIES.get(width), f"{width}-wide text"), names.get(FAMILIES.get(model_width), "")
+        raise ValueError(f"the LoRA {lora} is for {lora_family} (its cross-attention reads {width}-wide text); "
+                         f"{model} is {model_family or 'a U-Net'} ({model_width})")
 
 
 def check_model(model: str) -> None:

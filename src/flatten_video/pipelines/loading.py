@@ -70,6 +70,32 @@ def check_lora(source: str | os.PathLike) -> dict:
     return {}
 
 
+def lora_target(source: str | os.PathLike) -> tuple[str, int | None] | None:
+    """What a local LoRA file (or the one in a folder) was trained on, from its tensors' names and
+    shapes, without loading them: ("unet", width of the text its cross-attention reads: 768 for
+    SD 1.x, 1024 for SD 2.x, 2048 for SDXL) or ("transformer", None); None when it cannot tell
+    (a hub id, an unknown layout)."""
+    from safetensors import safe_open
+
+    path = pathlib.Path(source)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path] if path.is_file() else []
+    if not files:
+        return None
+    with safe_open(str(files[0]), framework="pt") as file:
+        keys = list(file.keys())
+        for key in keys:
+            # The cross-attention key projection reads the text: its input width names the family
+            # (peft/diffusers "unet....attn2.to_k.lora_A.weight", kohya "lora_unet_..._attn2_to_k.lora_down.weight").
+            unet = key.startswith(("unet.", "lora_unet_"))
+            if unet and "attn2" in key and "to_k" in key and ("lora_A" in key or "lora_down" in key):
+                return "unet", int(file.get_slice(key).get_shape()[1])
+    if any(key.startswith(("unet.", "lora_unet_")) for key in keys):
+        return "unet", None
+    if any(key.startswith(("transformer.", "diffusion_model.", "lora_transformer_")) for key in keys):
+        return "transformer", None
+    return None
+
+
 class LoraLoadingMixin:
     """``load_loras`` for pipelines with diffusers' LoRA loader (``load_lora_weights``, ``set_adapters``).
 
