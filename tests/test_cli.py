@@ -582,3 +582,27 @@ def test_cache_files_follow_the_umask(clip, tiny_sd_path, tmp_path, capsys):
     finally:
         os.umask(previous)
     assert cache_entry(tmp_path / "cache").stat().st_mode & 0o777 == 0o664
+
+
+@pytest.mark.parametrize("command", ["edit", "web", "eval", "bench"])
+def test_every_help_answers_without_torch(command):
+    import subprocess
+    import sys
+
+    code = ("import sys; from flatten_video import cli\n"
+            "try:\n    cli.main([%r, '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'gradio', 'transformers') if m in sys.modules))" % command)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_library_that_cannot_be_imported_is_one_line_naming_it(clip, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as a torchvision built for another torch fails
+    status, out, err = run(edit_argv(clip, tmp_path / "edit.mp4", tmp_path / "never-loaded"), capsys)
+    lines = err.strip().splitlines()
+    assert status == 1 and len(lines) == 1 and out == ""
+    assert lines[0].startswith("flatten-video: error: torchvision cannot be imported (")
+    assert f"it must be the build made for torch {torch.__version__}" in lines[0] and "pip install" in lines[0]

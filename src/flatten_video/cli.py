@@ -168,22 +168,44 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     add_launcher_arguments(parser, "the windows of every step of a long clip are shared among the processes")
 
 
+# The options come from torch-free modules, so every --help answers at once; a handler imports the
+# libraries only when its command runs.
+
+
+def run_web(args: argparse.Namespace) -> int:
+    from .app.webui import run_web
+
+    return run_web(args)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .eval.runner import run_eval
+
+    return run_eval(args)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .eval.runner import run_bench
+
+    return run_bench(args)
+
+
 def add_web_command(parser: argparse.ArgumentParser) -> None:
-    from .app.webui import add_web_arguments, run_web
+    from .app.web_options import add_web_arguments
 
     add_web_arguments(parser)
     parser.set_defaults(handler=run_web)
 
 
 def add_eval_command(parser: argparse.ArgumentParser) -> None:
-    from .eval.runner import add_eval_arguments, run_eval
+    from .eval.options import add_eval_arguments
 
     add_eval_arguments(parser)
     parser.set_defaults(handler=run_eval)
 
 
 def add_bench_command(parser: argparse.ArgumentParser) -> None:
-    from .eval.runner import add_bench_arguments, run_bench
+    from .eval.options import add_bench_arguments
 
     add_bench_arguments(parser)
     add_launcher_arguments(parser, "videos are shared among the processes")
@@ -266,6 +288,30 @@ def configure_logging(debug: bool) -> None:
         package.addHandler(handler)
 
 
+#: The libraries every command's work imports, in the order they import one another.
+LIBRARIES = ("torch", "torchvision", "transformers", "diffusers")
+
+
+class LibraryError(RuntimeError):
+    """A library the work needs cannot be imported: one line naming it and the fix."""
+
+
+def check_libraries() -> None:
+    """Import the libraries the work needs, turning a broken install (a torchvision built for
+    another torch, a missing wheel) into one line instead of a long traceback from deep inside."""
+    import importlib
+
+    for name in LIBRARIES:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # ImportError, OSError (a missing .so), RuntimeError (operator not found)
+            pair = ""
+            if name == "torchvision" and "torch" in sys.modules:
+                pair = f"; it must be the build made for torch {sys.modules['torch'].__version__}"
+            raise LibraryError(f"{name} cannot be imported ({error_line(error)}){pair}: reinstall it, e.g. "
+                               f"pip install --force-reinstall {name}") from error
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``timeout``, ``docker stop``, systemd, a CI cancelling a job), raised where the
     program is, so it unwinds as Ctrl-C does: temporary files removed, nothing partial written."""
@@ -286,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:  # not the main thread (an embedding program): it handles its own signals
         previous = None
     try:
+        check_libraries()
         if getattr(args, "launcher", "none") == "accelerate":
             return relaunch_with_accelerate(args)
         return args.handler(args)

@@ -40,15 +40,18 @@ from .runtime import (
     resolve_dtype,
 )
 from ..families import FAMILIES
-from .settings import EditSettings, RuntimeSettings, add_arguments, flag, options_of
+from .settings import EditSettings, RuntimeSettings, flag, options_of
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7860
-DEFAULT_OUTPUT_DIR = "flatten-video-outputs"
-DEFAULT_MAX_UPLOAD_MB = 200
-DEFAULT_MAX_FRAMES = 128
+from .web_options import (  # noqa: F401 - scripts and tests take them from here too
+    DEFAULT_HOST,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_OUTPUT_DIR,
+    DEFAULT_PORT,
+    add_web_arguments,
+)
 
 #: The clip bundled with the package (a pan over a CC0 photo of a cat), one click away on the page.
 SAMPLE_VIDEO = pathlib.Path(str(importlib.resources.files("flatten_video") / "assets" / "sample.mp4"))
@@ -690,25 +693,3 @@ def _auth_pair(entry: str, where: str) -> tuple[str, str]:
     if not colon or not user or not password:
         raise ValueError(f"{where}: expected USER:PASSWORD, got {'a line without both' if entry else 'an empty value'}")
     return user, password
-
-
-def add_web_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``web`` command's options: the runtime ones of the settings schema, then the server's."""
-    add_arguments(parser, RuntimeSettings)
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST}, this machine only; 0.0.0.0 for the network)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
-    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default; needs --auth)")
-    parser.add_argument("--auth", action="append", metavar="USER:PASSWORD",
-                        help="ask visitors for this user and password (repeat for several); needed to serve beyond this "
-                             "machine (--share, or a --host other than loopback)")
-    parser.add_argument("--auth-file", default=None, metavar="FILE", help="more USER:PASSWORD pairs, one a line")
-    parser.add_argument("--no-auth", action="store_true",
-                        help="serve beyond this machine without a password, on purpose")
-    parser.add_argument("--open", action="store_true", help="open the page in a browser")
-    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"where edited videos are kept (default: ./{DEFAULT_OUTPUT_DIR})")
-    parser.add_argument("--cache-dir", default=None, help="where inversions are kept, so a new prompt on the same clip skips flow and inversion (default: OUTPUT_DIR/inversions)")
-    parser.add_argument("--no-cache", action="store_true", help="keep no inversions")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                        help=f"largest video a visitor may upload, in MB (default: {DEFAULT_MAX_UPLOAD_MB})")
-    parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
-                        help=f"most frames one edit may ask for (default: {DEFAULT_MAX_FRAMES})")

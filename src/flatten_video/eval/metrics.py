@@ -49,17 +49,11 @@ from PIL import Image
 
 from ..flow import estimate_flow
 from ..hub import hub_kwargs
-
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
-DEFAULT_PICK_MODEL = "yuvalkirstain/PickScore_v1"
-DEFAULT_PICK_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+from .options import DEFAULT_CLIP_MODEL, DEFAULT_FRAME_PAIRS, DEFAULT_PICK_MODEL, DEFAULT_PICK_PROCESSOR, FRAME_PAIRS  # noqa: F401
 
 #: (width, height) every frame is resized to before the CLIP processor, as LOVEU-TGVE's evaluation does.
 EVAL_FRAME_SIZE = (480, 480)
 
-#: CLIP-F's frame pairs: option value -> what the mean is over (the first is the default).
-FRAME_PAIRS = {"all": "all ordered pairs of distinct frames", "consecutive": "consecutive frames"}
-DEFAULT_FRAME_PAIRS = "all"
 
 # A model argument: hub id, local folder, or a loaded (CLIPModel, CLIPProcessor) pair.
 ModelSpec = Union[str, os.PathLike, tuple]

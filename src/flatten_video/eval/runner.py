@@ -28,51 +28,17 @@ from itertools import groupby
 
 from ..app.editing import control_images, edit_prompts, invert_source, prepare_source
 from ..app.runtime import check_runtime, default_device, error_line, load_pipeline, pipeline_class, resolve_dtype
-from ..app.settings import EditSettings, RuntimeSettings, add_arguments
-from ..flow import FLOW_METHODS, estimate_flow
+from ..app.settings import EditSettings, RuntimeSettings
+from ..flow import estimate_flow
 from ..timing import timed
 from ..video import Video, read_video
-from .dataset import EDITS, BenchError, Item, find_csv, load_items, select_items, shard, split_name
-from .metrics import (
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_FRAME_PAIRS,
-    DEFAULT_PICK_MODEL,
-    DEFAULT_PICK_PROCESSOR,
-    FRAME_PAIRS,
-    MetricModelError,
-    evaluate_video,
-    load_clip,
-)
+from .dataset import BenchError, Item, find_csv, load_items, select_items, shard, split_name
+from .metrics import MetricModelError, evaluate_video, load_clip
+from .options import ABLATIONS, FRAME_PAIRS, METRIC_OPTIONS
 from .records import finite_or_none, is_finished, item_path, write_json_atomic
 from .summary import METRICS, summarize, write_summary
 
-#: Paper Table 2 rows: ablation name -> (attention mode, flatten variant).
-ABLATIONS = {
-    "base": ("spatial", "II"),
-    "dsta": ("dsta", "II"),
-    "flatten": ("flatten", "II"),
-    "full": ("dsta+flatten", "II"),
-    "combo-I": ("dsta+flatten", "I"),
-}
-
-#: Metric options that decide a score, recorded with each item.
-METRIC_OPTIONS = ("clip_model", "pick_model", "pick_processor", "frame_pairs")
-
-
 # --------------------------------------------------------------------------- metrics options (eval and bench)
-
-
-def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("metrics")
-    group.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help=f"CLIP for CLIP-T/CLIP-F, hub id or folder (default: {DEFAULT_CLIP_MODEL})")
-    group.add_argument("--pick-model", default=DEFAULT_PICK_MODEL, help=f"PickScore model, hub id or folder (default: {DEFAULT_PICK_MODEL})")
-    group.add_argument("--pick-processor", default=DEFAULT_PICK_PROCESSOR, help=f"PickScore's processor (default: {DEFAULT_PICK_PROCESSOR})")
-    group.add_argument("--no-pick-score", action="store_true", help="skip PickScore (its model is ~4 GB)")
-    group.add_argument(
-        "--frame-pairs", choices=tuple(FRAME_PAIRS), default=DEFAULT_FRAME_PAIRS,
-        help=f"frame pairs of CLIP-F: all ({FRAME_PAIRS['all']}, as the paper and LOVEU-TGVE's evaluation) "
-        f"or consecutive (default: {DEFAULT_FRAME_PAIRS})",
-    )
 
 
 def metric_options(args: argparse.Namespace) -> dict:
@@ -130,21 +96,6 @@ def run_eval(args: argparse.Namespace) -> int:
             note = f", over {FRAME_PAIRS[args.frame_pairs]}" if key == "clip_f" else ""
             print(f"{name:<10} {'n/a' if value is None else f'{value:.2f}':>8}   {unit}{note}")
     return 0
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("edited", help="the edited video (file or folder of frames)")
-    parser.add_argument("source", help="the source video it was made from (file or folder of frames)")
-    parser.add_argument("--prompt", "-p", required=True, help="the edit prompt")
-    parser.add_argument("--frames", type=int, default=32, help="frames to compare (default: 32)")
-    parser.add_argument("--stride", type=int, default=None, help="stride the edit took from the source, as in edit (default: total // frames)")
-    parser.add_argument("--width", type=int, default=None, help="working width, as in edit")
-    parser.add_argument("--height", type=int, default=None, help="working height, as in edit")
-    parser.add_argument("--crop", action="store_true", help="center-crop, as in edit")
-    parser.add_argument("--flow", choices=FLOW_METHODS, default="raft", help="flow for Ewarp (default: raft)")
-    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    add_metric_arguments(parser)
 
 
 # --------------------------------------------------------------------------- running
@@ -331,28 +282,3 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"  {failure['error']}", file=sys.stderr)
         return 1
     return 0
-
-
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """The edit options of the settings schema adapted to a dataset, plus the benchmark's own."""
-    parser.add_argument("data_dir", metavar="DATA_DIR", help="LOVEU-TGVE-2023 folder: captions CSV and <subset>/480p_frames/<video>/")
-    add_arguments(parser, RuntimeSettings)
-    add_arguments(
-        parser, EditSettings, exclude=("prompt",), by_family=True,  # prompts come from the CSV
-        defaults=dict(width=512, height=512),
-        helps=dict(
-            width="working width in pixels (default: 512, as in the paper)",
-            height="working height in pixels (default: 512, as in the paper)",
-            side_by_side="write source | edit side by side in the item videos",
-        ),
-    )
-    parser.add_argument("--output", "-o", default="tgve-results", help="output folder (default: tgve-results)")
-    group = parser.add_argument_group("benchmark")
-    group.add_argument("--csv", default=None, help="captions CSV (default: the one in DATA_DIR)")
-    group.add_argument("--ablation", choices=tuple(ABLATIONS), default=None, help="a row of the paper's Table 2 (overrides --attention/--variant; results in OUT/<ablation>/)")
-    group.add_argument("--subset", default=None, help="only these subsets, comma separated (e.g. DAVIS_480p)")
-    group.add_argument("--videos", default=None, help="only these videos, comma separated")
-    group.add_argument("--edits", default=None, help=f"only these edits, comma separated ({', '.join(EDITS)})")
-    group.add_argument("--limit", type=int, default=None, help="at most N items (after the filters above)")
-    group.add_argument("--fail-fast", action="store_true", help="stop at the first failing item")
-    add_metric_arguments(parser)
