@@ -257,7 +257,7 @@ def test_missing_or_malformed_csv_is_fatal(tmp_path, run, setup, message, capsys
 def test_unloadable_sd_model_is_fatal(tmp_path, tgve, run, capsys):
     assert run(tgve, "--model", str(tmp_path / "no-such-model")) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("flatten-video: error: could not load the Stable Diffusion model")
+    assert err[-1].startswith("flatten-video: error: no such folder: ") and "no-such-model" in err[-1]
     assert not (tmp_path / "out" / "items").exists()
 
 
