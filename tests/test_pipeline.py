@@ -364,9 +364,9 @@ def test_sd15_and_sd21_layouts_edit_end_to_end(layout, request):
     pipe.set_progress_bar_config(disable=True)
     frames = moving_texture(frames=3, height=64, width=128)
     out = pipe(frames, "a cat", **STEPS, inject_steps=1, flow_method="dis", generator=torch.Generator().manual_seed(1))
-    assert len(out.frames) == 3 and out.frames[0].size == (128, 64)
+    assert len(out.frames) == 1 and len(out.frames[0]) == 3 and out.frames[0][0].size == (128, 64)  # frames[0]: the video
     as_np = pipe(frames, "a cat", **STEPS, inject_steps=1, flow_method="dis", output_type="np").frames
-    assert as_np.shape == (3, 64, 128, 3) and np.isfinite(as_np).all()
+    assert as_np.shape == (1, 3, 64, 128, 3) and np.isfinite(as_np).all()
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ def test_sdxl_edits_with_injection_at_its_own_decoder_levels(sdxl_pipe):
     recorded = set(inversion.features.features[inversion.injected_timesteps[0]])
     assert recorded == set(spec.resnets) | {f"{a}.to_{p}" for a in spec.attentions for p in "qk"}
     edited = sdxl_pipe(inversion=inversion, prompt="a cat", output_type="np").frames
-    assert edited.shape == (3, 64, 96, 3)
+    assert edited.shape == (1, 3, 64, 96, 3)
 
 
 def test_flow_guided_attention_runs_at_sdxls_finest_attention_level(sdxl_pipe):

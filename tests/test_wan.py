@@ -203,7 +203,7 @@ def test_flowedit_on_wan_edits_and_flatten_changes_the_edit(wan_pipe):
 
 def test_the_output_has_the_frames_asked_for(wan_pipe):
     out = wan_pipe(clip9(), "a dog", generator=torch.Generator().manual_seed(0), **{**FAST, "output_type": "pt"}).frames
-    assert out.shape == (9, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
+    assert out.shape == (1, 9, 3, 64, 64) and 0 <= out.min() and out.max() <= 1  # frames[0] is the video
 
 
 @pytest.mark.parametrize("kwargs, message", [

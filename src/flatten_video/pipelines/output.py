@@ -21,12 +21,13 @@ class FlattenPipelineOutput(BaseOutput):
     """Output of the FLATTEN pipelines.
 
     Attributes:
-        frames: the edited frames: a list of PIL images (``"pil"``), a (F, H, W, 3) float array
-            in [0, 1] (``"np"``), a (F, 3, H, W) tensor in [0, 1] (``"pt"``), or the final
-            latents (1, C, F, h, w) (``"latent"``).
+        frames: the edited videos, batch first as diffusers' video pipelines return them, so that
+            ``frames[0]`` is the (one) video: a list of lists of PIL images (``"pil"``), a
+            (B, F, H, W, 3) float array in [0, 1] (``"np"``), a (B, F, 3, H, W) tensor in [0, 1]
+            (``"pt"``), or the final latents (B, C, F', h, w) (``"latent"``); B = 1.
     """
 
-    frames: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor
 
 
 def frames_to_tensor(video) -> torch.Tensor:
@@ -55,10 +56,11 @@ def frames_to_tensor(video) -> torch.Tensor:
 
 
 def frames_to_output(frames: torch.Tensor, output_type: str):
-    """(F, 3, H, W) frames in [0, 1] -> the form ``output_type`` names (not ``"latent"``)."""
+    """(F, 3, H, W) frames in [0, 1] -> one video in the batch-first form ``output_type`` names
+    (not ``"latent"``): [[PIL, ...]], (1, F, H, W, 3) array or (1, F, 3, H, W) tensor."""
     if output_type == "np":
-        return frames.permute(0, 2, 3, 1).numpy()
+        return frames.permute(0, 2, 3, 1).numpy()[None]
     if output_type == "pil":
         array = (frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        return [PIL.Image.fromarray(frame) for frame in array]
-    return frames
+        return [[PIL.Image.fromarray(frame) for frame in array]]
+    return frames[None]

@@ -323,7 +323,7 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
 
         Returns:
-            :class:`FlattenPipelineOutput` whose ``frames`` are the F edited frames.
+            :class:`FlattenPipelineOutput` whose ``frames[0]`` is the edited video of F frames.
         """
         # 1. Check inputs
         check_choice("output_type", output_type, OUTPUT_TYPES)
