@@ -584,3 +584,23 @@ def test_vae_slicing_and_tiling_switch_as_in_diffusers(tiny_pipe):
     finally:
         tiny_pipe.disable_vae_tiling()
     assert not tiny_pipe.vae.use_slicing and not tiny_pipe.vae.use_tiling
+
+
+def test_a_list_of_prompts_edits_the_video_once_each_from_one_inversion(tiny_pipe, monkeypatch):
+    frames = moving_texture(frames=3, height=64, width=64)
+    options = dict(**STEPS, inject_steps=1, flow_method="dis")
+    seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731 - the VAE sample and trajectories draw from it
+    inversions = []
+    original = FlattenPipeline._make_start
+    monkeypatch.setattr(FlattenPipeline, "_make_start", lambda *a: inversions.append(1) or original(*a))
+    both = tiny_pipe(frames, ["a tiger", "a fox"], output_type="pt", generator=seed(), **options).frames
+    assert inversions == [1] and both.shape == (2, 3, 3, 64, 64)
+    alone = [tiny_pipe(frames, prompt, output_type="pt", generator=seed(), **options).frames[0]
+             for prompt in ("a tiger", "a fox")]
+    assert torch.equal(both[0], alone[0]) and torch.equal(both[1], alone[1])
+    pil = tiny_pipe(frames, ["a tiger", "a fox"], negative_prompt=["blurry", "dark"], generator=seed(), **options).frames
+    assert len(pil) == 2 and all(len(video) == 3 for video in pil)
+    with pytest.raises(ValueError, match="2 prompts and 3 negative prompts"):
+        tiny_pipe(frames, ["a", "b"], negative_prompt=["x", "y", "z"])
+    with pytest.raises(ValueError, match="prompt must be a string or a non-empty list"):
+        tiny_pipe(frames, [])

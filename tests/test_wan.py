@@ -596,3 +596,8 @@ def test_flowedit_encodes_each_text_once(wan_pipe):
     finally:
         del wan_pipe.encode_prompt
     assert sorted(texts) == ["", "a cat", "a tiger"]  # the negative prompt serves both guidances
+
+
+def test_wan_edits_a_list_of_prompts_from_one_start(wan_pipe):
+    out = wan_pipe(clip9(), ["a tiger", "a dog"], generator=torch.Generator().manual_seed(0), **FAST).frames
+    assert out.shape == (2, 16, 3, 8, 8) and not torch.equal(out[0], out[1])

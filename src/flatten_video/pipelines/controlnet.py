@@ -162,8 +162,8 @@ class ControlNetMixin:
     def __call__(
         self,
         video=None,
-        prompt: str = "",
-        negative_prompt: str = "",
+        prompt: str | list[str] = "",
+        negative_prompt: str | list[str] = "",
         *,
         control_image=None,
         controlnet_conditioning_scale: float | list[float] = 1.0,

@@ -36,7 +36,7 @@ from .codec import decode_frames, encode_frames
 from .conditioning import Conditioning, stack_rows
 from .inversion import EditStart, FlattenInversion
 from .methods import METHODS, EditRequest, get_method, method_names
-from .output import OUTPUT_TYPES, FlattenPipelineOutput, frames_to_output, frames_to_tensor
+from .output import OUTPUT_TYPES, FlattenPipelineOutput, frames_to_output, frames_to_tensor, prompt_list
 from .samplers import ddim_sample, guided
 from .schedule import check_schedule, resolve_edit, sampling_timesteps
 from .windowing import Denoising, plan_runs, process_share
@@ -546,8 +546,8 @@ class FlattenMixin:
     def __call__(
         self,
         video=None,
-        prompt: str = "",
-        negative_prompt: str = "",
+        prompt: str | list[str] = "",
+        negative_prompt: str | list[str] = "",
         *,
         num_inference_steps: int | None = None,
         num_inversion_steps: int | None = None,
@@ -583,7 +583,8 @@ class FlattenMixin:
         Args:
             video: source frames, (F, 3, H, W) tensor in [0, 1], (F, H, W, 3) array or a list of
                 PIL images; H and W multiples of 8 (64 for the default U-Net depth), F >= 2.
-            prompt: the edit prompt; negative_prompt: the unconditional branch.
+            prompt: the edit prompt, or a list of them: one video each (``frames[i]``), all sampled
+                from one inversion; negative_prompt: the unconditional branch (one, or one each).
             num_inference_steps, num_inversion_steps, inject_steps: the schedule; None takes the
                 inversion's, else the paper's (50, 100, 40).
             guidance_scale, eta: the paper's defaults (10, 0).
@@ -625,6 +626,7 @@ class FlattenMixin:
         """
         # 1. Check inputs and resolve the edit's config and schedule
         check_choice("output_type", output_type, OUTPUT_TYPES)
+        prompts = prompt_list(prompt, negative_prompt)
         self.check_callback_inputs(callback_on_step_end_tensor_inputs)
         if decode_chunk_size is not None:
             check_at_least("decode_chunk_size", decode_chunk_size, 1)
@@ -646,13 +648,21 @@ class FlattenMixin:
             self._check_request(request, method)
             # 3. Flow, trajectories and the method's start (the paper: VAE encoding, DDIM inversion)
             inversion = self._make_start(request, method)
-        # 4. Denoising loop: sampling with the target prompt, source features injected
-        edited = self.sample(
-            inversion, prompt, negative_prompt, guidance_scale=guidance_scale, eta=eta, generator=generator,
-            callback_on_step_end=callback_on_step_end,
+        # 4. Denoising loop (per prompt): sampling with the target prompt, source features injected; 5. Decode
+        result = self._edit_each(
+            prompts, lambda prompt, negative: self.sample(inversion, prompt, negative, guidance_scale=guidance_scale,
+                                                          eta=eta, generator=generator,
+                                                          callback_on_step_end=callback_on_step_end),
+            lambda latents: self.decode_latents(latents, decode_chunk_size), output_type,
         )
-        del inversion
-        # 5. Decode
-        result = edited if output_type == "latent" else frames_to_output(self.decode_latents(edited, decode_chunk_size), output_type)
         self.maybe_free_model_hooks()
         return FlattenPipelineOutput(frames=result) if return_dict else (result,)
+
+    def _edit_each(self, prompts: list[tuple[str, str]], sample: Callable, decode: Callable, output_type: str):
+        """One video per (prompt, negative prompt), all sampled from the same start, decoded
+        unless ``output_type="latent"``, batch first."""
+        videos = []
+        for prompt, negative in prompts:
+            latents = sample(prompt, negative)
+            videos.append(latents if output_type == "latent" else decode(latents))
+        return frames_to_output(videos, output_type)

@@ -55,12 +55,27 @@ def frames_to_tensor(video) -> torch.Tensor:
     return frames
 
 
-def frames_to_output(frames: torch.Tensor, output_type: str):
-    """(F, 3, H, W) frames in [0, 1] -> one video in the batch-first form ``output_type`` names
-    (not ``"latent"``): [[PIL, ...]], (1, F, H, W, 3) array or (1, F, 3, H, W) tensor."""
+def frames_to_output(videos: list[torch.Tensor], output_type: str):
+    """Edited videos, each (F, 3, H, W) in [0, 1] or latents (1, C, F', h, w) for ``"latent"``,
+    -> the batch-first form ``output_type`` names: [[PIL, ...], ...], (B, F, H, W, 3) array,
+    (B, F, 3, H, W) tensor, or (B, C, F', h, w) latents."""
+    if output_type == "latent":
+        return torch.cat(videos)
     if output_type == "np":
-        return frames.permute(0, 2, 3, 1).numpy()[None]
+        return np.stack([frames.permute(0, 2, 3, 1).numpy() for frames in videos])
     if output_type == "pil":
-        array = (frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        return [[PIL.Image.fromarray(frame) for frame in array]]
-    return frames[None]
+        arrays = [(frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8) for frames in videos]
+        return [[PIL.Image.fromarray(frame) for frame in array] for array in arrays]
+    return torch.stack(videos)
+
+
+def prompt_list(prompt: str | list[str], negative_prompt: str | list[str] = "") -> list[tuple[str, str]]:
+    """(prompt, negative prompt) of each video a call edits: one prompt, or a list of them (each
+    edited from the one start), with one negative prompt for all or one each."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompt must be a string or a non-empty list of strings")
+    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts and {len(negatives)} negative prompts: give one negative prompt, or one each")
+    return list(zip(prompts, negatives))

@@ -30,7 +30,7 @@ from .inversion import EditStart
 from .loading import LoraLoadingMixin, _one_line
 from .methods import EditRequest
 from .mixin import FlattenMixin
-from .output import OUTPUT_TYPES, FlattenPipelineOutput, ModelLoadError, frames_to_output, frames_to_tensor
+from .output import OUTPUT_TYPES, FlattenPipelineOutput, ModelLoadError, frames_to_tensor, prompt_list
 from .samplers import euler_sample, flowedit, guided
 from .schedule import flow_schedule, flow_scheduler
 
@@ -270,8 +270,8 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
     def __call__(
         self,
         video=None,
-        prompt: str = "",
-        negative_prompt: str = "",
+        prompt: str | list[str] = "",
+        negative_prompt: str | list[str] = "",
         *,
         source_prompt: str = "",
         method: str = WAN_DEFAULTS["method"],
@@ -303,7 +303,8 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         Args:
             video: (F, 3, H, W) tensor in [0, 1], (F, H, W, 3) array or PIL images; F = 4k+1,
                 sides multiples of 16 (Wan 2.1 1.3B: 81 frames at 832x480).
-            prompt, negative_prompt: the target, and the unconditional branch of every guidance.
+            prompt, negative_prompt: the target, and the unconditional branch of every guidance; a
+                list of prompts edits the video once per prompt from one start (``frames[i]``).
             source_prompt: what the source shows (default: empty).
             method: ``"flowedit"`` (inversion-free) or ``"inversion"`` (ODE inversion, then
                 sampling with the source's self-attention query and key injected).
@@ -327,6 +328,7 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         """
         # 1. Check inputs
         check_choice("output_type", output_type, OUTPUT_TYPES)
+        prompts = prompt_list(prompt, negative_prompt)
         self.check_callback_inputs(callback_on_step_end_tensor_inputs)
         method = self._method_name(inversion.method if inversion is not None else method)
         frames = None if video is None else frames_to_tensor(video)
@@ -347,11 +349,13 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         elif inject_steps is not None and inject_steps != inversion.inject_steps:
             raise ValueError(f"this inversion injects {inversion.inject_steps} steps: leave inject_steps out, or "
                              "invert again with the new value")
-        # 3. The edit: FlowEdit, or sampling from the inversion
-        edited = self.sample(inversion, prompt, negative_prompt, guidance_scale=guidance_scale, generator=generator,
-                             callback_on_step_end=callback_on_step_end, **sampling)
-        # 4. Decode
-        result = edited if output_type == "latent" else frames_to_output(self.decode_latents(edited), output_type)
+        # 3. The edit (per prompt): FlowEdit, or sampling from the inversion; 4. Decode
+        result = self._edit_each(
+            prompts, lambda prompt, negative: self.sample(inversion, prompt, negative, guidance_scale=guidance_scale,
+                                                          generator=generator, callback_on_step_end=callback_on_step_end,
+                                                          **sampling),
+            self.decode_latents, output_type,
+        )
         self.maybe_free_model_hooks()
         return FlattenPipelineOutput(frames=result) if return_dict else (result,)
 
