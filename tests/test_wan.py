@@ -601,3 +601,16 @@ def test_flowedit_encodes_each_text_once(wan_pipe):
 def test_wan_edits_a_list_of_prompts_from_one_start(wan_pipe):
     out = wan_pipe(clip9(), ["a tiger", "a dog"], generator=torch.Generator().manual_seed(0), **FAST).frames
     assert out.shape == (2, 16, 3, 8, 8) and not torch.equal(out[0], out[1])
+
+
+def test_a_loaded_wan_pipeline_becomes_a_flatten_one_sharing_its_modules(wan_pipe):
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    from flatten_video.pipelines.pipeline_flatten_wan import FlattenWanPipeline
+
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    stock = WanPipeline(tokenizer=wan_pipe.tokenizer, text_encoder=wan_pipe.text_encoder, vae=wan_pipe.vae,
+                        transformer=wan_pipe.transformer, scheduler=scheduler)
+    pipe = FlattenWanPipeline.from_pipe(stock)
+    assert pipe.transformer is stock.transformer and pipe.vae is stock.vae
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and pipe.scheduler.config.shift == 3.0

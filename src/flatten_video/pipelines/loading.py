@@ -40,6 +40,29 @@ def load_pretrained(load: Callable, family: str, pretrained_model_name_or_path, 
         ) from error
 
 
+def share_components(cls, pipeline, schedulers: Callable[[dict], dict], components: dict):
+    """A ``cls`` FLATTEN pipeline over the modules of a loaded diffusers ``pipeline`` (a
+    ``StableDiffusionPipeline``, an SDXL or Wan one, or another FLATTEN pipeline), nothing copied
+    or loaded; its schedulers made from the pipeline's scheduler config by ``schedulers(config)``;
+    ``components`` replace any of them."""
+    import inspect
+
+    wanted = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    shared = {name: module for name, module in pipeline.components.items() if name in wanted}
+    if "scheduler" in shared and "scheduler" not in components:
+        shared.update(schedulers(dict(shared["scheduler"].config)))
+    shared.update(components)
+    required = [name for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                if name != "self" and parameter.default is inspect.Parameter.empty]
+    missing = [name for name in required if shared.get(name) is None]
+    if missing:
+        raise ValueError(f"a {cls.__name__} cannot be made from a {type(pipeline).__name__}: it has no "
+                         f"{', '.join(missing)} (give them as keyword arguments)")
+    made = cls(**{name: shared[name] for name in wanted if name in shared})
+    made.loras = list(getattr(pipeline, "loras", []))
+    return made
+
+
 def check_lora(source: str | os.PathLike) -> dict:
     """Raise :class:`ModelLoadError` unless ``source`` is a LoRA that can be read: a readable
     safetensors file (nothing is unpickled), a folder holding one, or a hub id that is reachable or

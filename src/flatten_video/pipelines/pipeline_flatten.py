@@ -8,7 +8,8 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .conditioning import Conditioning, tokenize_prompt
-from .loading import LoraLoadingMixin, load_pretrained
+from .loading import LoraLoadingMixin, load_pretrained, share_components
+from .schedule import ddim_schedulers
 from .mixin import FlattenMixin
 
 
@@ -48,6 +49,14 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, LoraLoa
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.loras: list[tuple[str, float]] = []  # (source, scale) of each LoRA load_loras applied
+
+    @classmethod
+    def from_pipe(cls, pipeline, **components) -> "FlattenPipeline":
+        """A FLATTEN pipeline sharing the modules of a loaded diffusers pipeline of this family
+        (``StableDiffusion...Pipeline.from_pretrained(...)``): no weights are copied; the DDIM
+        scheduler and its inverse come from its scheduler config."""
+        return share_components(cls, pipeline, lambda config: dict(zip(("scheduler", "inverse_scheduler"),
+                                                                        ddim_schedulers(config))), components)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "FlattenPipeline":

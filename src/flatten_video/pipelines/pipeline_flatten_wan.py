@@ -27,7 +27,7 @@ from ..latent_frames import latent_window
 from ..validation import check_at_least, check_choice, check_text
 from .conditioning import Conditioning
 from .inversion import EditStart
-from .loading import LoraLoadingMixin, _one_line
+from .loading import LoraLoadingMixin, _one_line, share_components
 from .methods import EditRequest
 from .mixin import FlattenMixin
 from .output import OUTPUT_TYPES, FlattenPipelineOutput, ModelLoadError, frames_to_tensor, prompt_list
@@ -101,6 +101,12 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
             return WanBackbone(self.transformer, self.vae_scale_factor)
         boundary = self.config.boundary_ratio * self.scheduler.config.num_train_timesteps
         return WanBackbone(self.transformer, self.vae_scale_factor, self.transformer_2, boundary)
+
+    @classmethod
+    def from_pipe(cls, pipeline, **components) -> "FlattenWanPipeline":
+        """A FLATTEN pipeline sharing the modules of a loaded diffusers ``WanPipeline``: no
+        weights are copied; the flow-matching scheduler keeps its config's shift."""
+        return share_components(cls, pipeline, lambda config: dict(scheduler=flow_scheduler(config)), components)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "FlattenWanPipeline":
