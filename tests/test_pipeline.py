@@ -76,8 +76,22 @@ def test_captured_timesteps_are_the_sampling_timesteps(tiny_pipe, source):
     assert sorted(inversion.features.features) == sorted(expected)
     stored = inversion.features.features[expected[0]]
     assert set(RESNET_POINTS) <= set(stored)
-    assert stored[RESNET_POINTS[0]].dtype == torch.float16
+    assert stored[RESNET_POINTS[0]].dtype == tiny_pipe.unet.dtype  # kept as the U-Net computes them
     assert stored[RESNET_POINTS[0]].shape[0] == latents.shape[2]  # one copy, not one per guidance half
+    half = tiny_pipe.invert(latents, trajectories, num_inversion_steps=20, num_inference_steps=5, inject_steps=3,
+                            feature_dtype=torch.float16)
+    assert half.features.features[expected[0]][RESNET_POINTS[0]].dtype == torch.float16
+
+
+def test_stored_and_recomputed_features_give_the_same_edit(tiny_pipe, source):
+    """What a resumed edit (its inversion loaded from the cache: recompute mode) gives is the
+    uninterrupted edit (stored features), to float rounding: the features are kept in the U-Net's
+    dtype, not rounded to float16."""
+    frames, trajectories, latents = source
+    options = dict(STEPS, inject_steps=2, trajectories=trajectories, latents=latents)
+    stored = tiny_pipe(frames, "a cat", feature_mode="stored", output_type="pt", **options).frames[0]
+    recomputed = tiny_pipe(frames, "a cat", feature_mode="recompute", output_type="pt", **options).frames[0]
+    assert (stored - recomputed).abs().max() * 255 < 0.5  # the same 8-bit frames, give or take a rounding
 
 
 def test_injected_features_reach_both_guidance_halves(tiny_pipe, source):

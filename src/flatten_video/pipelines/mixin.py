@@ -286,7 +286,7 @@ class FlattenMixin:
         num_inference_steps: int = defaults.NUM_INFERENCE_STEPS,
         inject_steps: int = defaults.INJECT_STEPS,
         feature_mode: str = "auto",
-        feature_dtype: torch.dtype = torch.float16,
+        feature_dtype: torch.dtype | None = None,
         feature_memory_budget: int | None = None,
         source_prompt: str = defaults.SOURCE_PROMPT,
     ) -> FlattenInversion:
@@ -334,7 +334,7 @@ class FlattenMixin:
         overlap: int = defaults.OVERLAP,
         anchors: int = defaults.ANCHORS,
         feature_mode: str = "auto",
-        feature_dtype: torch.dtype = torch.float16,
+        feature_dtype: torch.dtype | None = None,
         feature_memory_budget: int | None = None,
         trajectories: dict[tuple[int, int], Trajectories] | None = None,
         latents: torch.Tensor | None = None,
@@ -563,7 +563,7 @@ class FlattenMixin:
         overlap: int | None = None,
         anchors: int | None = None,
         feature_mode: str = "auto",
-        feature_dtype: torch.dtype = torch.float16,
+        feature_dtype: torch.dtype | None = None,
         feature_memory_budget: int | None = None,
         trajectories: dict[tuple[int, int], Trajectories] | None = None,
         latents: torch.Tensor | None = None,
@@ -601,7 +601,8 @@ class FlattenMixin:
                 the finest attention level, 32, 8, 2.
             feature_mode: ``"stored"``, ``"recompute"`` (less memory, more compute) or ``"auto"``
                 (stored when the features fit ``feature_memory_budget``, else recompute).
-            feature_dtype: dtype of stored features.
+            feature_dtype: dtype of stored features (default: the denoiser's, so stored and recomputed
+                features, and so an edit and its resumed run, are the same).
             feature_memory_budget: bytes the stored features may take in ``"auto"`` mode; None:
                 half of the host's available memory.
             trajectories: precomputed trajectories (skips the optical flow).

@@ -33,7 +33,8 @@ class EditRequest:
             source features.
         generator: seeds the VAE posterior sample, the trajectories and any noise.
         flow_method: ``"raft"`` or ``"dis"``.
-        feature_mode, feature_dtype, feature_memory_budget: how source features are held.
+        feature_mode, feature_dtype, feature_memory_budget: how source features are held (dtype
+            None: the denoiser's).
         trajectories: precomputed trajectories (skips the optical flow).
         latents: precomputed source latents (1, C, F', h, w) (skips VAE encoding).
         flows: the source's forward flows (F-1, 2, H, W), when already estimated.
@@ -48,7 +49,7 @@ class EditRequest:
     generator: torch.Generator | None = None
     flow_method: str = "raft"
     feature_mode: str = "auto"
-    feature_dtype: torch.dtype = torch.float16
+    feature_dtype: torch.dtype | None = None
     feature_memory_budget: int | None = None
     trajectories: dict[tuple[int, int], Trajectories] | None = None
     latents: torch.Tensor | None = None

@@ -47,7 +47,10 @@ class DDIMInversion(InversionMethod):
         if feature_mode == "auto" and not injected:
             feature_mode = "stored"  # nothing to hold: an empty store, as stored mode gives
         # Auto mode stores until it can tell the size of the store (at the first injected step).
-        store = FeatureStore(storage_dtype=request.feature_dtype) if feature_mode != "recompute" else None
+        # Kept in the dtype the denoiser computes in: features recomputed from the source latents
+        # (recompute mode, a resumed edit) are then the stored ones, not their float16 rounding.
+        dtype = request.feature_dtype or pipe.backbone.dtype
+        store = FeatureStore(storage_dtype=dtype) if feature_mode != "recompute" else None
         inversion = FlattenInversion(
             latents=latents, trajectories=trajectories, config=request.config,
             num_inference_steps=request.num_inference_steps, num_inversion_steps=request.num_inversion_steps,
