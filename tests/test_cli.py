@@ -279,6 +279,9 @@ def inputs(tmp_path) -> pathlib.Path:
     save_file({f"{kohya}.lora_down.weight": torch.zeros(4, 2048), f"{kohya}.lora_up.weight": torch.zeros(640, 4)},
               str(folder / "sdxl-kohya.safetensors"))
     save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 1536)}, str(folder / "wan-lora.safetensors"))
+    (folder / "sdxl-controlnet").mkdir()
+    (folder / "sdxl-controlnet" / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel",
+                                                                        "cross_attention_dim": 2048}))
     return folder
 
 
@@ -337,6 +340,8 @@ BAD_INPUTS = [
     case(CLIP, "--lora", "<inputs>/sdxl-kohya.safetensors", error=r"sdxl-kohya\.safetensors is for SDXL", id="sdxl-kohya-lora-on-sd"),
     case(CLIP, "--lora", "<inputs>/wan-lora.safetensors", error=r"wan-lora\.safetensors is for a video transformer \(Wan\)",
          id="wan-lora-on-sd"),
+    case(CLIP, "--control", "canny=<inputs>/sdxl-controlnet", error=r"the canny ControlNet .*sdxl-controlnet is for SDXL "
+         r"\(its cross-attention reads 2048-wide text\)", id="sdxl-controlnet-on-sd"),
     case(CLIP, "--lora", "someone/some-lora", error=r"HF_HUB_OFFLINE is set: the LoRA someone/some-lora is not in the Hugging Face cache", id="lora-hub-id-offline"),
     case(CLIP, "-p", "a \udcff\udcfe fox", error=r"the prompt is not valid UTF-8 text", id="prompt-not-utf8"),
     case(CLIP, "--prompts-file", "<inputs>/latin1.txt", error=r"the prompts file .*latin1\.txt is not UTF-8 text", id="prompts-file-not-utf8"),
@@ -368,7 +373,7 @@ def test_bad_input_is_one_error_line_and_leaves_no_file(
     output = {OUTPUT: tmp_path / "out" / "edit.mp4", CLIP: clip}.get(output, inputs / output)
     (inputs / "clip-link.mp4").unlink()
     (inputs / "clip-link.mp4").symlink_to(clip)
-    extra = [str(inputs / item.removeprefix("<inputs>/")) if item.startswith("<inputs>/") else item for item in extra]
+    extra = [item.replace("<inputs>/", f"{inputs}/") for item in extra]
     source_bytes = pathlib.Path(clip).read_bytes()
     if model == TINY_SD:
         model = tiny_sd_path

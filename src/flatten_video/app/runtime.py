@@ -74,6 +74,8 @@ def check_runtime(runtime, settings=None) -> str:
     if settings is not None:
         for (kind, _), name in zip(settings.controls, check_controlnets(runtime.model, settings.controls), strict=True):
             hub_kwargs(name, "config.json", f"the {kind} ControlNet")
+            width = checkpoint_json(name, "config.json").get("cross_attention_dim")
+            check_same_text_width(f"the {kind} ControlNet {name}", width, runtime.model)
         check_schedule(runtime.model, settings)
     return device
 
@@ -86,16 +88,26 @@ def check_lora_fits(lora: str, model: str) -> None:
         return
     denoiser, width = target
     family = getattr(pipeline_class(model), "family", "sd")
-    names = {"sd15": "SD 1.x", "sd21": "SD 2.x", "sdxl": "SDXL"}
     if denoiser == "transformer" and family == "sd":
         raise ValueError(f"the LoRA {lora} is for a video transformer (Wan), and {model} is Stable Diffusion")
     if denoiser == "unet" and family != "sd":
         raise ValueError(f"the LoRA {lora} is for a Stable Diffusion U-Net, and {model} is {family.title()}")
+    check_same_text_width(f"the LoRA {lora}", width, model)
+
+
+#: How messages name a Stable Diffusion family.
+FAMILY_NAMES = {"sd15": "SD 1.x", "sd21": "SD 2.x", "sdxl": "SDXL"}
+
+
+def check_same_text_width(what: str, width: int | None, model: str) -> None:
+    """A plug-in (LoRA, ControlNet) whose cross-attention reads text of another width than the
+    model's U-Net was made for another family: one line naming both (nothing when one is unknown)."""
     model_width = checkpoint_json(model, "unet/config.json").get("cross_attention_dim")
-    if width is not None and model_width is not None and width != model_width:
-        lora_family, model_family = names.get(FAMILIES.get(width), f"{width}-wide text"), names.get(FAMILIES.get(model_width), "")
-        raise ValueError(f"the LoRA {lora} is for {lora_family} (its cross-attention reads {width}-wide text); "
-                         f"{model} is {model_family or 'a U-Net'} ({model_width})")
+    if width is None or model_width is None or width == model_width:
+        return
+    plug_in, base = FAMILY_NAMES.get(FAMILIES.get(width)), FAMILY_NAMES.get(FAMILIES.get(model_width))
+    raise ValueError(f"{what} is for {plug_in or 'another model'} (its cross-attention reads {width}-wide text); "
+                     f"{model} is {base or 'a U-Net'} ({model_width})")
 
 
 def check_model(model: str) -> None:
