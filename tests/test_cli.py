@@ -551,7 +551,7 @@ def test_a_cache_that_cannot_be_written_never_fails_the_edit(clip, tiny_sd_path,
     assert status == 0 and out.strip() == f"wrote {output}" and stream_info(output) == (W, H, 3)
     notes = [line for line in err.splitlines() if "not cached" in line]
     assert len(notes) == 1 and "No space left on device" in notes[0]
-    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())  # no partial entry
+    assert not list((tmp_path / "cache").glob("*.safetensors*"))  # no entry, not even a partial one
 
 
 @pytest.mark.parametrize("damage, why", [
@@ -611,3 +611,29 @@ def test_a_library_that_cannot_be_imported_is_one_line_naming_it(clip, tmp_path,
     assert status == 1 and len(lines) == 1 and out == ""
     assert lines[0].startswith("flatten-video: error: torchvision cannot be imported (")
     assert f"it must be the build made for torch {torch.__version__}" in lines[0] and "pip install" in lines[0]
+
+
+def test_a_second_run_on_the_same_clip_waits_for_the_first_ones_inversion(clip, tiny_pipe, tmp_path, monkeypatch):
+    import threading
+
+    from flatten_video import FlattenPipeline
+    from flatten_video.app.editing import InversionCache, invert_source
+    from flatten_video.app.settings import EditSettings
+
+    settings = EditSettings(prompt="a cat", frames=3, steps=2, inversion_steps=4, inject_steps=1, flow="dis")
+    source = read_video(clip, 3, width=W, height=H)
+    cache = InversionCache(tmp_path / "cache")
+    entry = cache.path(tiny_pipe, source.frames, settings)
+    made = invert_source(tiny_pipe, source, settings)  # what the first run makes, held back until it saves
+    inversions, original = [], FlattenPipeline.invert_video
+    monkeypatch.setattr(FlattenPipeline, "invert_video", lambda *a, **k: inversions.append(1) or original(*a, **k))
+    second = {}
+    with cache.locked(entry):  # the first run holds the entry while it inverts
+        waiting = threading.Thread(target=lambda: second.update(start=invert_source(tiny_pipe, source, settings,
+                                                                                   tmp_path / "cache")))
+        waiting.start()
+        waiting.join(timeout=2)
+        assert waiting.is_alive()  # the second run waits rather than inverting too
+        made.save(entry)
+    waiting.join(timeout=60)
+    assert inversions == [] and torch.equal(second["start"].latents, made.latents)

@@ -6,6 +6,7 @@ benchmark: :func:`prepare_source` reads and checks everything before a model loa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -127,6 +128,33 @@ class InversionCache:
         )
         digest.update(json.dumps(identity, sort_keys=True).encode())
         return self.folder / f"{digest.hexdigest()[:32]}.safetensors"
+
+    #: Seconds a run waits for another that is inverting the same clip and settings.
+    LOCK_TIMEOUT = 3600.0
+
+    @contextlib.contextmanager
+    def locked(self, path: pathlib.Path, timeout: float | None = None):
+        """Hold the entry's lock file while it is looked up and made, so that two runs on one clip
+        invert once: the second waits (up to ``timeout`` s, default :attr:`LOCK_TIMEOUT`) and then
+        finds the entry. A lock that cannot be had or made is a warning, never a failure."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(path.with_suffix(".lock")))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                logger.info("another run is inverting this clip with these settings; waiting for its inversion")
+                lock.acquire(timeout=self.LOCK_TIMEOUT if timeout is None else timeout)
+        except (Timeout, OSError) as error:
+            logger.warning("inverting without the cache's lock (%s)", error_line(error) or "timed out")
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
 
     def load(self, path: pathlib.Path, frames: torch.Tensor | None = None, pipe=None) -> EditStart | None:
         """The cached inversion, or None when there is none or it cannot be used (it is redone and
@@ -291,18 +319,24 @@ def invert_source(pipe, clip: Video, settings: EditSettings, cache_dir: str | os
     ``cache_dir`` when it holds one for these frames, model and settings, else made now (and kept
     there when ``write``). ``flows``: the source's forward flows when already estimated;
     ``controls``: the condition maps of the ``--control`` options (:func:`control_images`)."""
-    cache = InversionCache(cache_dir) if cache_dir is not None else None
-    entry = cache.path(pipe, clip.frames, settings) if cache else None
-    inversion = cache.load(entry, clip.frames, pipe) if cache else None
-    if inversion is None:
+    def invert() -> EditStart:
         generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-        inversion = pipe.invert_video(clip.frames, generator=generator, flows=flows,
-                                      **settings.pipeline_kwargs(for_inversion=True), **control_kwargs(controls, settings))
-        if cache and write:
-            try:
-                inversion.save(entry)
-            except Exception as error:  # noqa: BLE001 - a cache is optional: a full disk must not end the edit
-                logger.warning("the inversion was not cached (the edit goes on): %s", error_line(error))
+        return pipe.invert_video(clip.frames, generator=generator, flows=flows,
+                                 **settings.pipeline_kwargs(for_inversion=True), **control_kwargs(controls, settings))
+
+    if cache_dir is None:
+        return invert()
+    cache = InversionCache(cache_dir)
+    entry = cache.path(pipe, clip.frames, settings)
+    with cache.locked(entry):  # a run inverting the same clip and settings: wait for its entry
+        inversion = cache.load(entry, clip.frames, pipe)
+        if inversion is None:
+            inversion = invert()
+            if write:
+                try:
+                    inversion.save(entry)
+                except Exception as error:  # noqa: BLE001 - a cache is optional: a full disk must not end the edit
+                    logger.warning("the inversion was not cached (the edit goes on): %s", error_line(error))
     return inversion
 
 
