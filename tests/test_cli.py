@@ -637,3 +637,4 @@ def test_a_second_run_on_the_same_clip_waits_for_the_first_ones_inversion(clip, 
         made.save(entry)
     waiting.join(timeout=60)
     assert inversions == [] and torch.equal(second["start"].latents, made.latents)
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == [entry.name]  # no lock file left

@@ -155,6 +155,10 @@ class InversionCache:
             yield
         finally:
             lock.release()
+            # Leave no lock files behind. A run already waiting on this one goes on holding the
+            # removed file, and one that comes now makes a new file: at worst two invert at once,
+            # which costs time, never an entry (each entry is written atomically).
+            pathlib.Path(lock.lock_file).unlink(missing_ok=True)
 
     def load(self, path: pathlib.Path, frames: torch.Tensor | None = None, pipe=None) -> EditStart | None:
         """The cached inversion, or None when there is none or it cannot be used (it is redone and
