@@ -11,7 +11,7 @@ import torch
 from ..flow import FlowWeightsUnavailable
 from ..hub import HubUnavailable, hub_kwargs, is_hub_id
 from ..pipelines import FlattenMixin, FlattenPipeline, FlattenSDXLPipeline, ModelLoadError, pipeline_for_index
-from ..pipelines.loading import check_lora, is_single_file, load_single_file, lora_target, single_file_family
+from ..pipelines.loading import check_lora, dtype_kwargs, is_single_file, load_single_file, lora_target, single_file_family
 from .errors import error_line  # noqa: F401 - the web UI and the eval runner take it from here
 from .settings import DEFAULT_MODEL, DTYPES  # noqa: F401 - the web UI and scripts take them from here too
 
@@ -256,7 +256,7 @@ def add_controlnets(pipe, controls: list[tuple[str, str | None]], dtype: torch.d
     for kind, model in controls:
         name = controlnet_id(kind, model, FAMILIES.get(pipe.unet.config.cross_attention_dim))
         try:
-            nets.append(ControlNetModel.from_pretrained(name, torch_dtype=dtype, use_safetensors=True,
+            nets.append(ControlNetModel.from_pretrained(name, **dtype_kwargs(dict(dtype=dtype)), use_safetensors=True,
                                                         **hub_kwargs(name, "config.json", f"the {kind} ControlNet")))
         except (OSError, EnvironmentError, ValueError) as error:
             reason = " ".join(str(error).split())
@@ -280,9 +280,9 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype, loras=(), lora_sc
     if is_single_file(model):
         if not pathlib.Path(model).is_file():
             raise ModelLoadError(f"could not load the checkpoint {model}: no such file")
-        pipe = load_single_file(pipeline_class(model), model, model_config, torch_dtype=dtype)
+        pipe = load_single_file(pipeline_class(model), model, model_config, **dtype_kwargs(dict(dtype=dtype)))
     else:
-        pipe = pipeline_class(model).from_pretrained(model, torch_dtype=dtype, **hub_kwargs(model, "model_index.json", "the model"))
+        pipe = pipeline_class(model).from_pretrained(model, dtype=dtype, **hub_kwargs(model, "model_index.json", "the model"))
     pipe.load_loras(list(loras or []), scale=lora_scale)
     if controls:
         pipe = add_controlnets(pipe, list(controls), dtype)

@@ -15,6 +15,20 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+def dtype_kwargs(kwargs: dict) -> dict:
+    """``kwargs`` with the weights' dtype under the name the installed diffusers takes: ``dtype``
+    since it deprecated ``torch_dtype`` (users may write either), ``torch_dtype`` before."""
+    from diffusers.utils import deprecation_utils
+
+    kwargs = dict(kwargs)
+    dtype = kwargs.pop("dtype", None)
+    dtype = kwargs.pop("torch_dtype", None) if dtype is None else dtype
+    if dtype is not None:
+        current = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
+        kwargs["dtype" if current else "torch_dtype"] = dtype
+    return kwargs
+
+
 def load_pretrained(load: Callable, family: str, pretrained_model_name_or_path, kwargs: dict):
     """``load(path, **kwargs)`` (diffusers' ``from_pretrained``) with safetensors only unless
     ``use_safetensors=False``, the checkpoint's scheduler as DDIM and its inverse, and any failure
@@ -31,7 +45,7 @@ def load_pretrained(load: Callable, family: str, pretrained_model_name_or_path, 
             )
             kwargs["scheduler"] = ddim_schedulers(config)[0]
         kwargs.setdefault("inverse_scheduler", ddim_schedulers(kwargs["scheduler"].config)[1])
-        return load(pretrained_model_name_or_path, **kwargs)
+        return load(pretrained_model_name_or_path, **dtype_kwargs(kwargs))
     except (OSError, EnvironmentError, ValueError) as error:
         raise ModelLoadError(
             f"could not load the {family} model {pretrained_model_name_or_path!r}: give a hub id "

@@ -64,7 +64,7 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, LoraLoa
 
         Weights load from safetensors only unless ``use_safetensors=False`` is passed. The
         checkpoint's scheduler config becomes a DDIM scheduler and its inverse. Other keyword
-        arguments (``torch_dtype``, ``variant``, ``local_files_only``...) go to diffusers.
+        arguments (``dtype``, or the older ``torch_dtype``; ``variant``, ``local_files_only``...) go to diffusers.
         """
         return load_pretrained(super().from_pretrained, "Stable Diffusion", pretrained_model_name_or_path, kwargs)
 

@@ -27,7 +27,7 @@ from ..latent_frames import latent_window
 from ..validation import check_at_least, check_choice, check_text
 from .conditioning import Conditioning
 from .inversion import EditStart
-from .loading import LoraLoadingMixin, _one_line, share_components
+from .loading import LoraLoadingMixin, _one_line, dtype_kwargs, share_components
 from .methods import EditRequest
 from .mixin import FlattenMixin
 from .output import OUTPUT_TYPES, FlattenPipelineOutput, ModelLoadError, frames_to_tensor, prompt_list
@@ -114,7 +114,7 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         ``use_safetensors=False``); any failure is one :class:`ModelLoadError` line."""
         kwargs.setdefault("use_safetensors", True)
         try:
-            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **dtype_kwargs(kwargs))
         except (OSError, EnvironmentError, ValueError) as error:
             raise ModelLoadError(f"could not load the Wan model {pretrained_model_name_or_path!r}: give a local folder "
                                  f"or a hub id in diffusers layout with safetensors weights ({_one_line(error)})") from error
