@@ -405,3 +405,14 @@ def test_auth_pairs_reach_gradio_and_no_auth_is_on_purpose(monkeypatch, tmp_path
     assert cli.main(["web", "--model", str(tiny_sd_path), "--device", "cpu", "--share", "--no-auth"]) == 0
     assert launched["auth"] is None and launched["share"] is True
     assert cli.main(["web", "--model", str(tiny_sd_path), "--device", "cpu"]) == 0 and launched["auth"] is None
+
+
+def test_the_model_loading_phase_shows_only_when_the_model_loads(tiny_sd_path, source, tmp_path):
+    editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results", max_frames=8)
+    phases = []
+    with pytest.raises(gr.Error):  # refused before any model loads: no "Loading the model" shown
+        list(webui.run_form(editor, str(source), *form_values(frames=9), on_phase=phases.append))
+    assert phases == [] and not editor.loaded
+    list(webui.run_form(editor, str(source), *form_values(), on_phase=phases.append))
+    list(webui.run_form(editor, str(source), *form_values(), on_phase=phases.append))
+    assert phases == ["Loading the model"] and editor.loaded  # the first edit that runs, once

@@ -185,6 +185,7 @@ class Editor:
         *,
         stop: threading.Event | None = None,
         on_prompt: Callable[[int, str], None] | None = None,
+        on_phase: Callable[[str], None] | None = None,
         downloads: bool = True,
     ) -> Iterator[Result]:
         """Edit ``video`` once per prompt (default: ``settings.prompt``) from one inversion,
@@ -197,6 +198,8 @@ class Editor:
 
         Args:
             on_prompt: called with (index, prompt) before each prompt's sampling.
+            on_phase: called with the name of a phase the progress bars do not show (the model's
+                first load), only when it happens: not for input refused before it.
             downloads: also write each result's side-by-side mp4 and GIF.
         """
         prompts = list(prompts or [settings.prompt])
@@ -204,6 +207,8 @@ class Editor:
         outputs = prompt_outputs(self.output_template(video, settings), prompts)
         clip, controls = self.prepare(video, settings, outputs[0])
         check_stop(stop)
+        if on_phase is not None and not self.loaded:
+            on_phase("Loading the model")
         pipe = self.pipeline_for(settings.controls)
         check_stop(stop)
 
@@ -342,7 +347,8 @@ def _upload_folder() -> str:
 
 
 def run_form(editor: Editor, video, *values, stop: threading.Event | None = None,
-             on_prompt: Callable[[int, int, str], None] | None = None) -> Iterator[Result]:
+             on_prompt: Callable[[int, int, str], None] | None = None,
+             on_phase: Callable[[str], None] | None = None) -> Iterator[Result]:
     """What the Edit button does: the form's values -> each prompt's written :class:`Result`.
 
     The prompt box holds one prompt per line. Every failure reaches the page as one line
@@ -365,7 +371,7 @@ def run_form(editor: Editor, video, *values, stop: threading.Event | None = None
             if on_prompt is not None:
                 on_prompt(index, len(prompts), prompt)
 
-        for result in editor.edit(video, settings, prompts, stop=stop, on_prompt=prompt_starts):
+        for result in editor.edit(video, settings, prompts, stop=stop, on_prompt=prompt_starts, on_phase=on_phase):
             if result.error is None:
                 written += 1
                 yield result
@@ -508,10 +514,9 @@ def build_app(editor: Editor, max_upload_mb: float | None = None):
         def edit(video, kept, request: gr.Request, progress=gr.Progress(track_tqdm=True), *values):
             with stops.edit(_session(request)) as stopped:
                 page = PageProgress(progress, stopped)
-                if video and not editor.loaded:
-                    page.phase("Loading the model")
                 kept = list(kept or [])
-                for result in run_form(editor, video, *values, stop=stopped, on_prompt=page.prompt):
+                for result in run_form(editor, video, *values, stop=stopped, on_prompt=page.prompt,
+                                       on_phase=page.phase):
                     kept.insert(0, result)
                     yield _shown(gr, result) + (_gallery(kept), kept)
 
