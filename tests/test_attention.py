@@ -8,7 +8,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from safetensors.torch import load_file
 
-from conftest import REFERENCE_CASES, require_reference, tiny_sdxl_unet
+from conftest import REFERENCE_CASES, moving_texture, require_reference, tiny_sdxl_unet
 from flatten_video import FlattenAttnProcessor, FlattenContext, Trajectories, flow_guided_attention, install_flatten
 from flatten_video.models.attention import VideoGroupNorm
 from flatten_video.trajectories import sample_trajectories
@@ -330,3 +330,77 @@ def test_identical_frames_through_dsta_equal_the_sdxl_image_model():
                          added_cond_kwargs=video_added).sample
     for t in range(frames):
         assert torch.allclose(video[t], image[0], atol=1e-5)
+
+
+# -- dense attention through diffusers' dispatcher ---------------------------------------------
+
+
+def test_dense_attention_through_the_dispatcher_is_todays_sdpa_bitwise():
+    import torch.nn.functional as F
+
+    from flatten_video.ops import multihead_attention
+
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2 * 3, 16, 8, generator=generator) for _ in range(3))
+
+    def before(q, k, v, heads, frames):  # what the op computed before the dispatcher
+        split = lambda x: x.reshape(len(x) // frames, -1, heads, x.shape[-1] // heads).transpose(1, 2)  # noqa: E731
+        return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(q.shape)
+
+    for frames in (1, 3):
+        reference = before(query, key, value, 2, frames)
+        assert torch.equal(multihead_attention(query, key, value, 2, frames), reference)
+        assert torch.equal(multihead_attention(query, key, value, 2, frames, "native"), reference)
+        torch.testing.assert_close(multihead_attention(query, key, value, 2, frames, "_native_math"), reference,
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("bogus", "unknown attention backend 'bogus'; diffusers knows flash, .*native"),
+    ("flash", "the attention backend 'flash' runs on CUDA GPUs; on the CPU use native, _native_math, flex"),
+])
+def test_attention_backends_are_checked_in_one_line(name, message):
+    from flatten_video.models.attention_backends import check_attention_backend
+
+    with pytest.raises(ValueError, match=message):
+        check_attention_backend(name, "cpu")
+    assert check_attention_backend("_native_math", "cpu") == "_native_math"
+
+
+def test_every_backend_name_is_accepted_or_refused_in_one_line():
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    from flatten_video.models.attention_backends import check_attention_backend
+
+    for backend in AttentionBackendName:
+        try:
+            check_attention_backend(backend.value, "cuda")
+        except ValueError as error:
+            assert "\n" not in str(error) and str(error)
+
+
+def test_the_backend_reaches_every_self_attention_and_changes_no_number_for_native(tiny_pipe):
+    from flatten_video import ops
+
+    frames = moving_texture(frames=3, height=64, width=64)
+    options = dict(num_inference_steps=2, num_inversion_steps=4, inject_steps=1, flow_method="dis",
+                   output_type="latent")
+    default = tiny_pipe(frames, "a cat", generator=torch.Generator().manual_seed(0), **options).frames
+    seen, original = [], ops.multihead_attention
+
+    def spy(*args, **kwargs):
+        seen.append(args[5] if len(args) > 5 else kwargs.get("backend"))
+        return original(*args, **kwargs)
+
+    import flatten_video.models.attention as processors
+
+    processors.multihead_attention = spy
+    try:
+        tiny_pipe.set_attention_backend("native")
+        native = tiny_pipe(frames, "a cat", generator=torch.Generator().manual_seed(0), **options).frames
+    finally:
+        processors.multihead_attention = original
+        tiny_pipe.set_attention_backend(None)
+    assert seen and set(seen) == {"native"} and torch.equal(native, default)
+    with pytest.raises(ValueError, match="runs on CUDA GPUs"):
+        tiny_pipe.set_attention_backend("sage")

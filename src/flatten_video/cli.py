@@ -77,7 +77,7 @@ def run_edit(args: argparse.Namespace) -> int:
         state = PartialState(cpu=device == "cpu")
         device, main_process = str(state.device), state.is_main_process
     pipe = load_pipeline(runtime.model, device, resolve_dtype(runtime.dtype, device), runtime.lora, runtime.lora_scale,
-                         settings.controls, runtime.model_config)
+                         settings.controls, runtime.model_config, runtime.attention_backend, runtime.compile)
     if not main_process:
         pipe.set_progress_bar_config(disable=True)
 

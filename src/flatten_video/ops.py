@@ -58,8 +58,9 @@ def flow_guided_attention(
 MAX_SDPA_ROWS = 65535
 
 
-def multihead_attention(query, key, value, heads: int, frames: int = 1) -> torch.Tensor:
-    """Softmax attention over groups of ``frames`` consecutive batch rows.
+def multihead_attention(query, key, value, heads: int, frames: int = 1, backend: str | None = None) -> torch.Tensor:
+    """Softmax attention over groups of ``frames`` consecutive batch rows, through diffusers'
+    attention dispatcher (``backend``: one of its names; None: its active one, PyTorch's SDPA).
 
     Args:
         query, key, value: (B*frames, n, C).
@@ -71,8 +72,10 @@ def multihead_attention(query, key, value, heads: int, frames: int = 1) -> torch
     rows, tokens, channels = query.shape
     head_dim = channels // heads
 
-    def split(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(rows // frames, -1, heads, head_dim).transpose(1, 2)
+    def split(x: torch.Tensor) -> torch.Tensor:  # (B, frames * n, heads, d), the dispatcher's layout
+        return x.reshape(rows // frames, -1, heads, head_dim)
 
-    out = F.scaled_dot_product_attention(split(query), split(key), split(value))
-    return out.transpose(1, 2).reshape(rows, tokens, channels)
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    out = dispatch_attention_fn(split(query), split(key), split(value), backend=backend)
+    return out.reshape(rows, tokens, channels)

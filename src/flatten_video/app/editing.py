@@ -124,6 +124,7 @@ class InversionCache:
         # Everything that changes the inversion, and nothing else: prompts and guidance do not.
         identity = dict(
             model=str(pipe.name_or_path), loras=pipe.loras, dtype=str(pipe.backbone.dtype), shape=list(frames.shape),
+            attention_backend=pipe.attention_backend,
             **settings.inversion_identity(),
         )
         digest.update(json.dumps(identity, sort_keys=True).encode())

@@ -10,6 +10,7 @@ import torch
 
 from ..flow import FlowWeightsUnavailable
 from ..hub import HubUnavailable, hub_kwargs, is_hub_id
+from ..models.attention_backends import check_attention_backend
 from ..pipelines import FlattenMixin, FlattenPipeline, FlattenSDXLPipeline, ModelLoadError, pipeline_for_index
 from ..pipelines.loading import check_lora, dtype_kwargs, is_single_file, load_single_file, lora_target, single_file_family
 from .errors import error_line  # noqa: F401 - the web UI and the eval runner take it from here
@@ -65,6 +66,9 @@ def check_runtime(runtime, settings=None) -> str:
     runtime.check()
     device = check_device(runtime.device)
     check_dtype(runtime.dtype, device)
+    check_attention_backend(runtime.attention_backend, device)
+    if runtime.compile and torch.device(device).type != "cuda":
+        raise ValueError("--compile needs a CUDA GPU: on this device compiling costs more than it saves")
     for lora in runtime.lora:
         check_lora(lora)
         check_lora_fits(lora, runtime.model)
@@ -271,7 +275,7 @@ def add_controlnets(pipe, controls: list[tuple[str, str | None]], dtype: torch.d
 
 
 def load_pipeline(model: str, device: str, dtype: torch.dtype, loras=(), lora_scale: float = 1.0, controls=(),
-                  model_config: str | None = None):
+                  model_config: str | None = None, attention_backend: str | None = None, compile: bool = False):
     """The FLATTEN pipeline of ``model`` (:func:`pipeline_class`) on ``device`` with ``loras``
     applied and, for ``controls`` ((kind, model or None) pairs), their ControlNets.
 
@@ -290,5 +294,10 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype, loras=(), lora_sc
         # Each model is on the GPU only while it runs: the text encoder's memory is given back
         # before the denoiser's first step (diffusers' model CPU offload).
         pipe.enable_model_cpu_offload(device=device)
-        return pipe
-    return pipe.to(device)
+    else:
+        pipe = pipe.to(device)
+    if attention_backend is not None:
+        pipe.set_attention_backend(attention_backend)
+    if compile:
+        pipe.compile_repeated_blocks()
+    return pipe

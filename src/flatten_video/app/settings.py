@@ -443,6 +443,14 @@ class RuntimeSettings:
     lora_scale: float = option(1.0, "weight of the LoRAs (default: 1)")
     device: str | None = option(None, "cuda, cuda:1, mps or cpu (default: the best available)")
     dtype: str | None = option(None, "model dtype (default: float16 on CUDA, float32 elsewhere)", choices=DTYPES)
+    attention_backend: str = option(
+        "native", "dense attention's kernel, a backend of diffusers' attention dispatcher: native (PyTorch's SDPA, "
+        "default), _native_cudnn, _native_flash, flash, sage, xformers, ... (flow-guided attention keeps its own)",
+        metavar="NAME",
+    )
+    compile: bool = option(
+        False, "torch.compile the denoiser's repeated blocks (regional: compile time is one block's; CUDA only)",
+    )
 
     @classmethod
     def from_namespace(cls, namespace) -> "RuntimeSettings":

@@ -115,13 +115,15 @@ class Editor:
         model_config: for a single-file ``model``, its base model's configs (folder or hub id).
         pipeline: an already loaded pipeline to use instead of loading ``model``.
         max_frames: the most frames one edit may ask for (None: no limit).
+        attention_backend, compile: the dense attention's kernel and regional compilation (as `edit`'s).
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
                  output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR, cache_dir: str | os.PathLike | bool | None = None,
                  loras=(), lora_scale: float = 1.0, pipeline=None, model_config: str | None = None,
-                 max_frames: int | None = None):
+                 max_frames: int | None = None, attention_backend: str | None = None, compile: bool = False):
         self.model, self.model_config = model, model_config
+        self.attention_backend, self.compile = attention_backend, compile
         self.loras, self.lora_scale = list(loras), lora_scale
         self.device = device or default_device()
         self.dtype = resolve_dtype(dtype, self.device)
@@ -146,7 +148,8 @@ class Editor:
         with self._lock:  # two first requests must not load the model twice
             if self._pipeline is None:
                 self._pipeline = load_pipeline(self.model, self.device, self.dtype, self.loras, self.lora_scale,
-                                               model_config=self.model_config)
+                                               model_config=self.model_config, attention_backend=self.attention_backend,
+                                               compile=self.compile)
             return self._pipeline
 
     @property
@@ -641,7 +644,8 @@ def run_web(args: argparse.Namespace) -> int:
     auth = web_auth(args)
     check_runtime(RuntimeSettings.from_namespace(args))
     editor = Editor(args.model, args.device, args.dtype, args.output_dir, False if args.no_cache else args.cache_dir,
-                    args.lora, args.lora_scale, model_config=args.model_config, max_frames=args.max_frames)
+                    args.lora, args.lora_scale, model_config=args.model_config, max_frames=args.max_frames,
+                    attention_backend=args.attention_backend, compile=args.compile)
     app = build_app(editor, args.max_upload_mb)
     print(f"flatten-video web UI on http://{args.host}:{args.port} (results in {editor.output_dir.absolute()})", flush=True)
     app.launch(

@@ -187,7 +187,7 @@ def run_items(items: list[Item], args, settings: EditSettings, record_settings: 
     metrics = load_metric_models(args, device)  # first: smaller than Stable Diffusion, and as needed
     runtime = RuntimeSettings.from_namespace(args)
     pipe = load_pipeline(runtime.model, device, resolve_dtype(runtime.dtype, device), runtime.lora, runtime.lora_scale,
-                         settings.controls, runtime.model_config)
+                         settings.controls, runtime.model_config, runtime.attention_backend, runtime.compile)
     pipe.set_progress_bar_config(disable=True)  # one bar over items instead of one per denoising loop
     with tqdm(total=len(items), desc=f"bench [{rank}]" if rank else "bench", unit="edit", position=rank) as bar:
         for _, group in groupby(items, key=lambda i: (i.subset, i.video)):
@@ -224,7 +224,8 @@ def record_settings(args: argparse.Namespace, settings: EditSettings, dtype) -> 
     """Everything that decides an item's result, as recorded in its JSON: a finished item is redone
     when one of them changes."""
     runtime = RuntimeSettings.from_namespace(args)
-    record = dict(model=runtime.model, lora=runtime.lora, lora_scale=runtime.lora_scale, **settings.result_identity())
+    record = dict(model=runtime.model, lora=runtime.lora, lora_scale=runtime.lora_scale,
+                  attention_backend=runtime.attention_backend, **settings.result_identity())
     record.update({name: getattr(args, name) for name in METRIC_OPTIONS})
     record["pick_model"] = None if args.no_pick_score else args.pick_model
     record["dtype"] = str(dtype).removeprefix("torch.")

@@ -54,7 +54,7 @@ class FlattenAttnProcessor:
             key = store.process(self.name + ".to_k", key)
 
         frames = context.num_latent_frames if context.dense_temporal else 1
-        hidden = multihead_attention(query, key, value, attn.heads, frames)
+        hidden = multihead_attention(query, key, value, attn.heads, frames, self.context.attention_backend)
 
         trajectories = context.trajectories_for(hidden.shape[1])
         if trajectories is not None:

@@ -98,6 +98,8 @@ class FlattenContext:
         phase: ``"inversion"`` or ``"sampling"`` while a pipeline runs one, for plug-ins whose
             behaviour differs between them (a ControlNet during inversion).
         blocks: the transformer blocks with flow-guided attention (None: every block).
+        attention_backend: diffusers' dispatcher backend of the dense attention (None: its active
+            one, PyTorch's SDPA).
     """
 
     num_latent_frames: int = 1
@@ -108,6 +110,7 @@ class FlattenContext:
     window_frames: "torch.Tensor | None" = None
     phase: str = ""
     blocks: "tuple[int, ...] | None" = None
+    attention_backend: str | None = None
 
     def __post_init__(self) -> None:
         FlattenConfig(self.attention_mode, self.variant)  # one owner for both names' rules

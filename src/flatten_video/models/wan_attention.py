@@ -39,8 +39,6 @@ class FlattenWanAttnProcessor:
         flow_guided: whether this block runs flow-guided attention (a config choice per block).
     """
 
-    _attention_backend = None
-
     def __init__(self, context: FlattenContext, name: str, injects: bool = False, flow_guided: bool = True):
         self.context = context
         self.name = name
@@ -60,7 +58,7 @@ class FlattenWanAttnProcessor:
         if rotary_emb is not None:
             query, key = apply_rotary_emb(query, *rotary_emb), apply_rotary_emb(key, *rotary_emb)
         hidden = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                       backend=self._attention_backend)
+                                       backend=self.context.attention_backend)
         hidden = hidden.flatten(2, 3).type_as(query)
         if self.flow_guided:
             trajectories = self.context.trajectories_for(hidden.shape[1] // self.context.num_latent_frames)

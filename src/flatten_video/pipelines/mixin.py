@@ -25,6 +25,7 @@ from ..backbones import Backbone, backbone_for
 from ..families import FAMILIES
 from ..flow import FLOW_METHODS, estimate_flow
 from ..latent_frames import compose_flows
+from ..models.attention_backends import check_attention_backend
 from ..models.context import FlattenConfig, FlattenContext
 from ..models.features import FEATURE_MODES, FeatureStore
 from ..models.injection import InjectionSpec
@@ -57,6 +58,8 @@ class FlattenMixin:
     """
 
     flatten_context: FlattenContext | None = None
+    #: The dense-attention kernel of diffusers' dispatcher the processors call (:meth:`set_attention_backend`).
+    attention_backend: str | None = None
     #: Its family (:data:`flatten_video.families.FAMILIES`): which defaults and options the
     #: command line and the page give it.
     family: str = "sd"
@@ -119,13 +122,29 @@ class FlattenMixin:
         device = self._execution_device
         trajectories = {grid: t.to(device) for grid, t in trajectories.items()}
         context = FlattenContext.from_config(config, num_latent_frames, trajectories, features)
-        context.phase = phase
+        context.phase, context.attention_backend = phase, self.attention_backend
         with self.backbone.installed(context):
             self.flatten_context = context
             try:
                 yield context
             finally:
                 self.flatten_context = None
+
+    def set_attention_backend(self, backend: str | None) -> None:
+        """The dense attention's kernel, by diffusers' dispatcher name (``"native"``, PyTorch's SDPA,
+        the default; ``"flash"``, ``"sage"``, ``"_native_cudnn"``...; None: the dispatcher's active
+        one), checked for this device now. Flow-guided attention keeps its own exact kernel."""
+        if backend is not None:
+            check_attention_backend(backend, str(self._execution_device))
+        self.attention_backend = backend
+
+    def compile_repeated_blocks(self, **kwargs) -> None:
+        """``torch.compile`` of the denoiser's repeated blocks (diffusers' regional compilation: the
+        U-Net's ``BasicTransformerBlock``, Wan's ``WanTransformerBlock``): compile time is one block's."""
+        for name in (self.denoiser_name, f"{self.denoiser_name}_2"):
+            model = getattr(self, name, None)
+            if model is not None:
+                model.compile_repeated_blocks(**kwargs)
 
     @contextmanager
     def denoising(self, config: FlattenConfig, num_latent_frames: int, trajectories: dict[tuple[int, int], Trajectories],
