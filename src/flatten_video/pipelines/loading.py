@@ -77,6 +77,12 @@ def share_components(cls, pipeline, schedulers: Callable[[dict], dict], componen
     return made
 
 
+def ddim_components(config: dict) -> dict:
+    """The schedulers of a Stable Diffusion FLATTEN pipeline from any scheduler config: DDIM and its inverse."""
+    scheduler, inverse_scheduler = ddim_schedulers(config)
+    return dict(scheduler=scheduler, inverse_scheduler=inverse_scheduler)
+
+
 def check_lora(source: str | os.PathLike) -> dict:
     """Raise :class:`ModelLoadError` unless ``source`` is a LoRA that can be read: a readable
     safetensors file (nothing is unpickled), a folder holding one, or a hub id that is reachable or

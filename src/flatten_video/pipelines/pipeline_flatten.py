@@ -8,8 +8,7 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .conditioning import Conditioning, tokenize_prompt
-from .loading import LoraLoadingMixin, load_pretrained, share_components
-from .schedule import ddim_schedulers
+from .loading import LoraLoadingMixin, ddim_components, load_pretrained, share_components
 from .mixin import FlattenMixin
 
 
@@ -55,8 +54,7 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, LoraLoa
         """A FLATTEN pipeline sharing the modules of a loaded diffusers pipeline of this family
         (``StableDiffusion...Pipeline.from_pretrained(...)``): no weights are copied; the DDIM
         scheduler and its inverse come from its scheduler config."""
-        return share_components(cls, pipeline, lambda config: dict(zip(("scheduler", "inverse_scheduler"),
-                                                                        ddim_schedulers(config))), components)
+        return share_components(cls, pipeline, ddim_components, components)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "FlattenPipeline":

@@ -8,8 +8,7 @@ from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .conditioning import Conditioning, tokenize_prompt
-from .loading import LoraLoadingMixin, load_pretrained, share_components
-from .schedule import ddim_schedulers
+from .loading import LoraLoadingMixin, ddim_components, load_pretrained, share_components
 from .mixin import FlattenMixin
 
 
@@ -64,11 +63,8 @@ class FlattenSDXLPipeline(DiffusionPipeline, StableDiffusionXLLoraLoaderMixin, L
 
     @classmethod
     def from_pipe(cls, pipeline, **components) -> "FlattenSDXLPipeline":
-        """A FLATTEN pipeline sharing the modules of a loaded diffusers pipeline of this family
-        (``StableDiffusion...Pipeline.from_pretrained(...)``): no weights are copied; the DDIM
-        scheduler and its inverse come from its scheduler config."""
-        return share_components(cls, pipeline, lambda config: dict(zip(("scheduler", "inverse_scheduler"),
-                                                                        ddim_schedulers(config))), components)
+        """As :meth:`FlattenPipeline.from_pipe`, from a loaded ``StableDiffusionXLPipeline``."""
+        return share_components(cls, pipeline, ddim_components, components)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "FlattenSDXLPipeline":
