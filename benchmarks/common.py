@@ -67,10 +67,10 @@ class AttentionFlops:
             self.seconds += time.perf_counter() - start
             return out
 
-        def dense(query, key, value, heads, frames=1):
+        def dense(query, key, value, heads, frames=1, backend=None):
             rows, tokens, channels = query.shape
             self.dense += 4 * (rows // frames) * (frames * tokens) ** 2 * channels
-            return timed(dense_op, query, key, value, heads, frames)
+            return timed(dense_op, query, key, value, heads, frames, backend)
 
         def flow_guided(hidden, trajectories, heads, **kwargs):
             batch, _, channels = hidden.shape

@@ -16,7 +16,9 @@
 #    FlowEdit of 81 frames with and without FLATTEN (WAN_STEPS, default 4 of the 50; peak <= 16 GB);
 #    241 frames in windows of 81 (peak <= 1.2x the 81-frame one);
 # 6. speed levers on the 32-frame U-Net evaluation: bf16, SDPA backends flash / efficient /
-#    cuDNN, channels-last, torch.compile of the U-Net's blocks (slowest to start, so last);
+#    cuDNN, diffusers' dispatcher backends (native, cuDNN, flash, sage; Wan's too; a missing
+#    package is one line and the next runs), channels-last, torch.compile of the U-Net's blocks
+#    (slowest to start, so last);
 # then a table of everything (summary.md) beside the JSON and text files. About 10 minutes on an H200.
 set -uo pipefail
 OUT=$(realpath -m "${1:-./gpu-results}")
@@ -52,6 +54,8 @@ run wan-241 wan21-1.3b --frames 241 "${WAN[@]}" --steps "${WAN_STEPS:-4}" --wind
 run unet-f32-bf16 sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype bfloat16 --attention dsta dsta+flatten
 run unet-f32-backends sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --sdpa-backend flash efficient cudnn
 run unet-f32-channels-last sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --channels-last
+run unet-dispatcher sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --attention-backend native _native_cudnn _native_flash flash sage
+run wan-dispatcher wan21-1.3b --unet-pass --frames 81 --width 832 --height 480 --dtype bfloat16 --attention dsta+flatten --attention-backend native _native_cudnn flash sage
 run unet-f32-compile sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --compile
 
 "$PY" summarize.py "$OUT" | tee "$OUT/summary.md"

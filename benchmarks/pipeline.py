@@ -238,6 +238,8 @@ def main() -> None:
                         help="Wan: a one-layer stand-in of UMT5-XXL's width, or all of it")
     parser.add_argument("--sdpa-backend", choices=("flash", "efficient", "cudnn", "math"), nargs="+", default=None,
                         help="several only with --unet-pass: each is timed in turn")
+    parser.add_argument("--attention-backend", nargs="+", default=None,
+                        help="with --unet-pass: diffusers' dispatcher backends to time in turn (native, _native_cudnn, flash, sage...)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net's blocks")
     parser.add_argument("--channels-last", action="store_true", help="U-Net in channels-last memory format")
     parser.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload(): text encoder and VAE off the GPU while the U-Net runs")
@@ -270,10 +272,18 @@ def main() -> None:
           f"built in {built:.1f} s")
     results = []
     if args.unet_pass:
-        for backend in args.sdpa_backend or [None]:
+        runs = [(None, sdpa) for sdpa in args.sdpa_backend or [None]]
+        runs = [(name, None) for name in args.attention_backend] if args.attention_backend else runs
+        for dispatched, backend in runs:
+            try:
+                pipe.set_attention_backend(dispatched)
+            except ValueError as error:  # a kernel this machine lacks: say so and go on
+                print(f"attention backend {dispatched}: not run: {error}")
+                continue
             for num_frames in args.frames:
                 print(f"one {pipe.denoiser_name} evaluation, 2 videos x {num_frames} frames at {args.width}x{args.height}"
-                      + (f", SDPA backend {backend}" if backend else ""))
+                      + (f", SDPA backend {backend}" if backend else "")
+                      + (f", attention backend {dispatched}" if dispatched else ""))
                 for mode in args.attention:
                     try:
                         with sdpa_backend(backend):
@@ -281,7 +291,7 @@ def main() -> None:
                     except RuntimeError as error:  # a backend this GPU or dtype lacks, or out of memory
                         print(f"  {mode:>13}: failed: {str(error).splitlines()[0]}")
                         continue
-                    r["sdpa_backend"] = backend
+                    r["sdpa_backend"], r["attention_backend"] = backend, dispatched
                     results.append(r)
                     rate = f"{r['attention_flops_per_second'] / 1e9:.1f}" if r["attention_flops_per_second"] else "-"
                     print(f"  {mode:>13}: {r['seconds']:8.3f} s, peak {r['peak_bytes'] / 2**30:6.2f} GiB, "
