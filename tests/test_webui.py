@@ -416,3 +416,17 @@ def test_the_model_loading_phase_shows_only_when_the_model_loads(tiny_sd_path, s
     list(webui.run_form(editor, str(source), *form_values(), on_phase=phases.append))
     list(webui.run_form(editor, str(source), *form_values(), on_phase=phases.append))
     assert phases == ["Loading the model"] and editor.loaded  # the first edit that runs, once
+
+
+def test_the_packages_warnings_reach_the_page(tiny_sd_path, source, tmp_path, monkeypatch):
+    """A prompt cut to the text encoder's length is said on the page, not only in the server's log."""
+    shown = []
+    monkeypatch.setattr(gr, "Warning", lambda message, *args, **kwargs: shown.append(message))
+    editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results")
+    long_prompt = " ".join(["a very detailed painting of a tiger"] * 20)
+    results = list(webui.run_form(editor, str(source), *form_values(prompt=long_prompt)))
+    assert len(results) == 1
+    cut = [message for message in shown if "longer than the text encoder" in message]
+    assert cut and "\n" not in cut[0]
+    assert logging.getLogger("flatten_video").handlers == [h for h in logging.getLogger("flatten_video").handlers
+                                                           if type(h).__name__ != "ToPage"]  # removed after the edit

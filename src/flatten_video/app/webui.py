@@ -374,21 +374,43 @@ def run_form(editor: Editor, video, *values, stop: threading.Event | None = None
             if on_prompt is not None:
                 on_prompt(index, len(prompts), prompt)
 
-        for result in editor.edit(video, settings, prompts, stop=stop, on_prompt=prompt_starts, on_phase=on_phase):
-            if result.error is None:
-                written += 1
-                yield result
-            elif len(prompts) == 1:
-                raise result.error
-            else:
-                _report(result.error, video)
-                gr.Warning(f"{html.escape(repr(result.prompt), quote=False)} failed: {page_message(result.error, video)}")
+        with warnings_on_the_page(gr, video):
+            for result in editor.edit(video, settings, prompts, stop=stop, on_prompt=prompt_starts, on_phase=on_phase):
+                if result.error is None:
+                    written += 1
+                    yield result
+                elif len(prompts) == 1:
+                    raise result.error
+                else:
+                    _report(result.error, video)
+                    gr.Warning(f"{html.escape(repr(result.prompt), quote=False)} failed: "
+                               f"{page_message(result.error, video)}")
     except EditStopped:
         logger.info("edit stopped by the visitor after %d result(s)", written)
         gr.Warning("stopped: the prompt that was running left no file" + (f"; {written} result(s) kept" if written else ""))
         return
     except Exception as error:
         raise gr.Error(_report(error, video), print_exception=False) from error
+
+
+@contextlib.contextmanager
+def warnings_on_the_page(gr, video):
+    """The package's warnings while an edit runs (a prompt cut to the text encoder's length, an
+    inversion that could not be cached) shown on the page as well as in the server's log. Edits
+    run one at a time (the queue), so what is logged meanwhile is this edit's."""
+
+    class ToPage(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.name != logger.name:  # the page's own lines already reach the page
+                gr.Warning(page_message(UserWarning(record.getMessage()), video))
+
+    handler = ToPage(logging.WARNING)
+    package = logging.getLogger("flatten_video")
+    package.addHandler(handler)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
 
 
 def _report(error: BaseException, video) -> str:
