@@ -115,3 +115,21 @@ def test_a_single_file_without_its_base_config_offline_is_one_line_naming_it(tmp
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flatten-video:")]
     assert len(err) == 1 and "needs the configs of its base model stable-diffusion-v1-5/stable-diffusion-v1-5" in err[0]
     assert "--model-config" in err[0] and not (tmp_path / "edit.mp4").exists()
+
+
+def test_a_unet_only_single_file_with_its_configs_given_says_what_failed(tmp_path, tiny_sd_path, capsys):
+    """With --model-config given, the line is not "give --model-config": it names the configs used
+    and, for a file with no VAE weights, what to do with a U-Net-only file."""
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "unet-only.safetensors"
+    save_file({"model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(2, 768)}, checkpoint)
+    source = tmp_path / "walk.mp4"
+    write_video(moving_texture(frames=4, height=64, width=64, shift=4), source, fps=8)
+    argv = ["edit", str(source), "--prompt", "a cat", "--model", str(checkpoint), "--model-config", str(tiny_sd_path),
+            "--frames", "3", "--width", "64", "--height", "64", "--flow", "dis", "--device", "cpu",
+            "--output", str(tmp_path / "edit.mp4")]
+    assert cli.main(argv) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flatten-video:")]
+    assert len(err) == 1 and f"with the configs of {tiny_sd_path}" in err[0] and "U-Net-only" in err[0]
+    assert "needs the configs of its base model" not in err[0] and not (tmp_path / "edit.mp4").exists()

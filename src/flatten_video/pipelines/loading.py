@@ -230,12 +230,21 @@ def load_single_file(pipeline_class, path: str | os.PathLike, config: str | None
 
     family = single_file_family(path)
     base = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    config = config or SINGLE_FILE_BASES[family]
+    given, config = config is not None, config or SINGLE_FILE_BASES[family]
     try:
         # Offline, the base configs come from the cache at once, or fail at once (no retries).
         kwargs = {**hub_kwargs(config, "model_index.json", "the base model's configs"), **kwargs}
         loaded = base.from_single_file(str(path), config=config, **kwargs)
     except Exception as error:  # diffusers raises several kinds when the config cannot be fetched
+        if given:  # the configs were there: say what failed, not that they are missing
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as file:
+                unet_only = not any(key.startswith("first_stage_model.") for key in file.keys())
+            hint = ("; it holds no VAE weights (a U-Net-only file?): put it as unet/ in a copy of that diffusers folder, "
+                    "or give a full checkpoint") if unet_only else ""
+            raise ModelLoadError(f"could not load the single-file checkpoint {path} with the configs of {config} "
+                                 f"({_one_line(error)}){hint}") from error
         raise ModelLoadError(
             f"could not load the single-file checkpoint {path}: it needs the configs of its base model {config} "
             f"({family}); connect once so they are fetched and cached, or give --model-config with a local copy of "
