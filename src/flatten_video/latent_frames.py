@@ -22,11 +22,6 @@ import torch.nn.functional as F
 from .validation import check_overlap_fit, check_temporal_fit
 
 
-def fits_temporal_factor(num_frames: int, temporal_factor: int) -> bool:
-    """Whether ``num_frames`` source frames are k*m + 1 for the factor k (always, for k = 1)."""
-    return (num_frames - 1) % temporal_factor == 0
-
-
 def num_latent_frames(num_frames: int, temporal_factor: int) -> int:
     """F' latent frames of F = k*m + 1 source frames: m + 1 (F itself for k = 1)."""
     check_temporal_fit("the video's length", num_frames, temporal_factor)

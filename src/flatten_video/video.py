@@ -205,17 +205,17 @@ def _open(path: pathlib.Path):
     return container, container.streams.video[0]
 
 
-def _probe(path: pathlib.Path) -> tuple[int, float]:
-    """(frame count, fps) of a video file. The count comes from the container header, else from demuxing
-    (reading packets is cheap; nothing is decoded)."""
+def _probe(path: pathlib.Path) -> tuple[int, float, bool]:
+    """(frame count, fps, whether it has audio) of a video file. The count comes from the container
+    header, else from demuxing (reading packets is cheap; nothing is decoded)."""
     container, stream = _open(path)
     with container:
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        fps = float(rate) if rate else DEFAULT_FPS
+        fps, audio = (float(rate) if rate else DEFAULT_FPS), bool(container.streams.audio)
         if stream.frames:
-            return int(stream.frames), fps
+            return int(stream.frames), fps, audio
         try:
-            return sum(1 for packet in container.demux(stream) if packet.size), fps
+            return sum(1 for packet in container.demux(stream) if packet.size), fps, audio
         except av.FFmpegError as err:
             raise VideoError(f"cannot read {path}: {err.strerror or err}") from None
 
@@ -243,7 +243,7 @@ def upright(frame: av.VideoFrame) -> Image.Image:
 
 
 def _read_file(path, num_frames, stride, size_args, crop) -> Video:
-    total, fps = _probe(path)
+    total, fps, audio = _probe(path)
     stride = _resolve_stride(total, num_frames, stride)
     _check_sampling(total, num_frames, stride, str(path))
 
@@ -264,12 +264,7 @@ def _read_file(path, num_frames, stride, size_args, crop) -> Video:
     if len(frames) < num_frames:
         # The header promised more frames than could be decoded.
         _check_sampling(seen, num_frames, stride, str(path))
-    return Video(_to_tensor(frames), fps / stride, total, stride, audio=path if _has_audio(path) else None)
-
-
-def _has_audio(path: pathlib.Path) -> bool:
-    with av.open(str(path)) as container:
-        return bool(container.streams.audio)
+    return Video(_to_tensor(frames), fps / stride, total, stride, audio=path if audio else None)
 
 
 def _positive_int(what: str, value) -> int:
