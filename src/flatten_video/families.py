@@ -28,6 +28,7 @@ class Family:
         methods: the editing methods its pipelines run.
         attention_modes: the self-attention modes it runs.
         controlnets: whether ControlNets exist for it.
+        denoiser: the component FLATTEN changes (what its LoRAs' tensors are named after).
     """
 
     name: str
@@ -38,6 +39,7 @@ class Family:
     methods: tuple[str, ...]
     attention_modes: tuple[str, ...] = ATTENTION_MODES
     controlnets: bool = True
+    denoiser: str = "unet"
 
 
 #: Family name -> family.
@@ -46,5 +48,5 @@ FAMILIES = {
                  methods=("inversion", "noise", "trajectory-noise")),
     # Wan's own attention is already dense over every frame, so the per-frame modes do not exist.
     "wan": Family("wan", "Wan", temporal_factor=4, side_multiple=16, size_multiple=16, methods=("flowedit", "inversion"),
-                  attention_modes=("dsta", "dsta+flatten"), controlnets=False),
+                  attention_modes=("dsta", "dsta+flatten"), controlnets=False, denoiser="transformer"),
 }

@@ -9,6 +9,7 @@ import pathlib
 import torch
 
 from ..flow import FlowWeightsUnavailable
+from ..families import FAMILIES as FAMILIES_BY_NAME
 from ..hub import HubUnavailable, hub_kwargs, is_hub_id
 from ..models.attention_backends import check_attention_backend
 from ..pipelines import FlattenMixin, FlattenPipeline, FlattenSDXLPipeline, ModelLoadError, pipeline_for_index
@@ -91,12 +92,14 @@ def check_lora_fits(lora: str, model: str) -> None:
     if target is None or is_single_file(model):
         return
     denoiser, width = target
-    family = getattr(pipeline_class(model), "family", "sd")
-    if denoiser == "transformer" and family == "sd":
-        raise ValueError(f"the LoRA {lora} is for a video transformer (Wan), and {model} is Stable Diffusion")
-    if denoiser == "unet" and family != "sd":
-        raise ValueError(f"the LoRA {lora} is for a Stable Diffusion U-Net, and {model} is {family.title()}")
+    family = FAMILIES_BY_NAME[pipeline_class(model).family]
+    if denoiser != family.denoiser:
+        raise ValueError(f"the LoRA {lora} is for a {LORA_TARGETS[denoiser]}, and {model} is {family.label}")
     check_same_text_width(f"the LoRA {lora}", width, model)
+
+
+#: What a LoRA of each denoiser was trained on, as messages say it.
+LORA_TARGETS = {"unet": "Stable Diffusion U-Net", "transformer": "video transformer (Wan)"}
 
 
 #: How messages name a Stable Diffusion family.
