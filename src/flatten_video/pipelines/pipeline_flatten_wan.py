@@ -225,11 +225,23 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         Returns:
             (1, 16, F', h, w) edited latents.
         """
-        options = method_options(start.method, source_guidance_scale=source_guidance_scale, n_max=n_max, n_min=n_min,
-                                 n_avg=n_avg)
+        options = self._sampling_options(start.method, start.num_inference_steps, source_guidance_scale=source_guidance_scale,
+                                         n_max=n_max, n_min=n_min, n_avg=n_avg)
+        return self._sample(start, prompt, negative_prompt, guidance_scale, generator, callback_on_step_end, options)
+
+    def _sampling_options(self, method: str, num_inference_steps: int, **given) -> dict:
+        """The sampling options of ``method`` (FlowEdit's, its defaults filled; an inversion takes
+        none), the others' refused and FlowEdit's steps checked: once per call."""
+        options = method_options(method, **given)
+        options.pop("inject_steps", None)  # the start's, not sampling's
+        if method == "flowedit":
+            self.check_flowedit(options["n_max"], options["n_min"], options["n_avg"], num_inference_steps)
+        return options
+
+    def _sample(self, start: EditStart, prompt: str, negative_prompt: str, guidance_scale: float, generator,
+                callback_on_step_end, options: dict) -> torch.Tensor:
+        """:meth:`sample` with its options resolved and checked."""
         callback = self._step_callback(callback_on_step_end)
-        if start.method == "flowedit":
-            self.check_flowedit(options["n_max"], options["n_min"], options["n_avg"], start.num_inference_steps)
         with self._each_text_once():
             if start.method == "flowedit":
                 return self._flowedit(start, prompt, negative_prompt, guidance_scale, generator, callback, **options)
@@ -338,10 +350,9 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         self.check_callback_inputs(callback_on_step_end_tensor_inputs)
         method = self._method_name(inversion.method if inversion is not None else method)
         frames = None if video is None else frames_to_tensor(video)
-        sampling = dict(source_guidance_scale=source_guidance_scale, n_max=n_max, n_min=n_min, n_avg=n_avg)
-        options = method_options(method, inject_steps=inject_steps, **sampling)
-        if method == "flowedit":
-            self.check_flowedit(options["n_max"], options["n_min"], options["n_avg"], num_inference_steps)
+        steps = inversion.num_inference_steps if inversion is not None else num_inference_steps
+        sampling = self._sampling_options(method, steps, inject_steps=inject_steps, source_guidance_scale=source_guidance_scale,
+                                          n_max=n_max, n_min=n_min, n_avg=n_avg)
         if inversion is None:
             if frames is None:
                 raise ValueError("give the source video, or a start made from it")
@@ -357,9 +368,8 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
                              "invert again with the new value")
         # 3. The edit (per prompt): FlowEdit, or sampling from the inversion; 4. Decode
         result = self._edit_each(
-            prompts, lambda prompt, negative: self.sample(inversion, prompt, negative, guidance_scale=guidance_scale,
-                                                          generator=generator, callback_on_step_end=callback_on_step_end,
-                                                          **sampling),
+            prompts, lambda prompt, negative: self._sample(inversion, prompt, negative, guidance_scale, generator,
+                                                           callback_on_step_end, sampling),
             self.decode_latents, output_type,
         )
         self.maybe_free_model_hooks()
