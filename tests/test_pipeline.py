@@ -620,19 +620,25 @@ def test_a_list_of_prompts_edits_the_video_once_each_from_one_inversion(tiny_pip
         tiny_pipe(frames, [])
 
 
-def test_a_loaded_stable_diffusion_pipeline_becomes_a_flatten_one_sharing_its_modules(tiny_sd_path):
+def test_a_loaded_stable_diffusion_pipeline_becomes_a_flatten_one_sharing_its_modules(tiny_sd_path, tiny_pipe):
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     sd = StableDiffusionPipeline.from_pretrained(tiny_sd_path, safety_checker=None, requires_safety_checker=False)
     sd.scheduler = PNDMScheduler.from_config(sd.scheduler.config)  # a sampler FLATTEN does not use
     stock = {name: type(processor) for name, processor in sd.unet.attn_processors.items()}
-    pipe = FlattenPipeline.from_pipe(sd)
-    assert pipe.unet is sd.unet and pipe.vae is sd.vae and pipe.text_encoder is sd.text_encoder
-    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and type(pipe.inverse_scheduler).__name__ == "DDIMInverseScheduler"
-    pipe.set_progress_bar_config(disable=True)
     frames = moving_texture(frames=3, height=64, width=64)
-    out = pipe(frames, "a cat", **STEPS, inject_steps=1, flow_method="dis", output_type="latent").frames
-    assert out.shape == (1, 4, 3, 8, 8) and torch.isfinite(out).all()
-    assert {name: type(processor) for name, processor in sd.unet.attn_processors.items()} == stock  # stock again
+    options = dict(**STEPS, inject_steps=1, flow_method="dis", output_type="latent")
+    expected = tiny_pipe(frames, "a cat", generator=torch.Generator().manual_seed(3), **options).frames
+    # Both ways diffusers users make one pipeline from another; the constructor takes the
+    # components as they are (PNDM, and a safety checker and feature extractor it does not use).
+    for pipe in (FlattenPipeline.from_pipe(sd), FlattenPipeline(**sd.components)):
+        assert pipe.unet is sd.unet and pipe.vae is sd.vae and pipe.text_encoder is sd.text_encoder
+        assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+        assert type(pipe.inverse_scheduler).__name__ == "DDIMInverseScheduler"
+        assert set(pipe.components) == set(tiny_pipe.components)  # nothing it does not run is kept
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(frames, "a cat", generator=torch.Generator().manual_seed(3), **options).frames
+        assert torch.equal(out, expected)  # the same DDIM pair as from_pretrained makes
+        assert {name: type(processor) for name, processor in sd.unet.attn_processors.items()} == stock  # stock again
     with pytest.raises(ValueError, match="a FlattenPipeline cannot be made from a .*: it has no unet"):
         FlattenPipeline.from_pipe(sd, unet=None)

@@ -29,6 +29,20 @@ def test_the_checkpoint_picks_its_pipeline(tiny_sdxl_path, tiny_sd_path):
     assert FlattenSDXLPipeline.default_short_side == 1024 and FlattenPipeline.default_short_side == 512
 
 
+def test_a_loaded_sdxl_pipeline_becomes_a_flatten_one_with_its_settings(tiny_sdxl_path, sdxl_pipe):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    xl = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path, force_zeros_for_empty_prompt=False)
+    xl.scheduler = EulerDiscreteScheduler.from_config(xl.scheduler.config)
+    made = FlattenSDXLPipeline(**xl.components)  # as they are: Euler, no image encoder
+    assert made.unet is xl.unet and type(made.scheduler).__name__ == "DDIMScheduler"
+    assert made.scheduler.config.steps_offset == sdxl_pipe.scheduler.config.steps_offset
+    assert made.config.force_zeros_for_empty_prompt  # a setting: components leave it out
+    shared = FlattenSDXLPipeline.from_pipe(xl)
+    assert shared.text_encoder_2 is xl.text_encoder_2 and not shared.config.force_zeros_for_empty_prompt
+    assert shared.encode_conditioning("", 64, 64).encoder_hidden_states.any()  # the empty prompt encoded
+
+
 def test_rows_carry_pooled_text_and_time_ids(sdxl_pipe):
     rows = sdxl_pipe.encode_conditioning("a cat", 64, 96)
     assert rows.encoder_hidden_states.shape == (1, 77, 64)  # both encoders' hidden states side by side

@@ -507,6 +507,10 @@ def test_two_experts_both_get_flatten_and_hand_over_at_the_boundary(wan, wan_pip
     assert pipeline_for_index(index) is FlattenWanPipeline and index["boundary_ratio"] == 0.5
     pipe = FlattenWanPipeline.from_pretrained(tmp_path / "a14b")
     pipe.set_progress_bar_config(disable=True)
+    shared = FlattenWanPipeline.from_pipe(pipe)  # the expert hand-over's setting comes along
+    assert shared.transformer_2 is pipe.transformer_2 and shared.config.boundary_ratio == 0.5
+    with pytest.raises(ValueError, match="needs boundary_ratio"):
+        FlattenWanPipeline(**pipe.components)  # a setting, not a component: diffusers' components omit it
 
     calls = []
     for name in ("transformer", "transformer_2"):
@@ -611,6 +615,6 @@ def test_a_loaded_wan_pipeline_becomes_a_flatten_one_sharing_its_modules(wan_pip
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     stock = WanPipeline(tokenizer=wan_pipe.tokenizer, text_encoder=wan_pipe.text_encoder, vae=wan_pipe.vae,
                         transformer=wan_pipe.transformer, scheduler=scheduler)
-    pipe = FlattenWanPipeline.from_pipe(stock)
-    assert pipe.transformer is stock.transformer and pipe.vae is stock.vae
-    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and pipe.scheduler.config.shift == 3.0
+    for pipe in (FlattenWanPipeline.from_pipe(stock), FlattenWanPipeline(**stock.components)):
+        assert pipe.transformer is stock.transformer and pipe.vae is stock.vae
+        assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and pipe.scheduler.config.shift == 3.0

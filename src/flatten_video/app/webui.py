@@ -556,7 +556,29 @@ def build_app(editor: Editor, max_upload_mb: float | None = None):
         stop.click(stop_edits, None, None, queue=False, api_visibility="private")
         gallery.select(select, inputs=results, outputs=[shown, side_by_side, gif], api_visibility="private")
     app.queue(default_concurrency_limit=1)  # one edit at a time: each fills the device; the queue shows the rest their place
+    _without_time_estimates(app)
     return app
+
+
+class _NoAverages(dict):
+    """Gradio's per-event average duration, never learnt: an edit's length depends on its frames,
+    steps and model, and for a generator Gradio times only the first result, so its average (shown
+    as ``elapsed/estimate``) fell short of the time already spent. Without one, the page shows the
+    elapsed time alone, and the progress bars say how far the running edit is."""
+
+    def __contains__(self, key) -> bool:
+        return False
+
+    def __getitem__(self, key):
+        from gradio.queueing import ProcessTime
+
+        return ProcessTime()  # a throwaway: what Gradio adds to it is forgotten
+
+
+def _without_time_estimates(app) -> None:
+    queue = getattr(app, "_queue", None)
+    if queue is not None and hasattr(queue, "process_time_per_fn"):
+        queue.process_time_per_fn = _NoAverages()
 
 
 def _session(request) -> str:

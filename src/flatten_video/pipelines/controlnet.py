@@ -198,11 +198,13 @@ class ControlNetMixin:
 
 class FlattenControlNetPipeline(ControlNetMixin, FlattenPipeline):
     """:class:`FlattenPipeline` (SD 1.x/2.x) with ControlNets: ``FlattenControlNetPipeline.from_pretrained(
-    model, controlnet=ControlNetModel.from_pretrained(...))`` or ``(**pipe.components, controlnet=...)``."""
+    model, controlnet=ControlNetModel.from_pretrained(...))`` or ``(**pipe.components, controlnet=...)``
+    (a FLATTEN or Stable Diffusion pipeline's; a ``StableDiffusionControlNetPipeline``'s as they are)."""
 
     model_cpu_offload_seq = "text_encoder->unet->controlnet->vae"
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, inverse_scheduler):
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, inverse_scheduler=None,
+                 safety_checker=None, feature_extractor=None, image_encoder=None):
         super().__init__(vae, text_encoder, tokenizer, unet, scheduler, inverse_scheduler)
         self._register_controlnet(controlnet)
 
@@ -213,7 +215,8 @@ class FlattenSDXLControlNetPipeline(ControlNetMixin, FlattenSDXLPipeline):
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->controlnet->vae"
 
     def __init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, controlnet, scheduler,
-                 inverse_scheduler, force_zeros_for_empty_prompt: bool = True):
+                 inverse_scheduler=None, force_zeros_for_empty_prompt: bool = True, image_encoder=None,
+                 feature_extractor=None):
         super().__init__(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, inverse_scheduler,
                          force_zeros_for_empty_prompt)
         self._register_controlnet(controlnet)

@@ -54,17 +54,18 @@ def load_pretrained(load: Callable, family: str, pretrained_model_name_or_path, 
         ) from error
 
 
-def share_components(cls, pipeline, schedulers: Callable[[dict], dict], components: dict):
+def share_components(cls, pipeline, components: dict):
     """A ``cls`` FLATTEN pipeline over the modules of a loaded diffusers ``pipeline`` (a
     ``StableDiffusionPipeline``, an SDXL or Wan one, or another FLATTEN pipeline), nothing copied
-    or loaded; its schedulers made from the pipeline's scheduler config by ``schedulers(config)``;
-    ``components`` replace any of them."""
+    or loaded (``cls``'s constructor makes the schedulers it samples with from the scheduler's
+    config), its settings (SDXL's ``force_zeros_for_empty_prompt``, Wan 2.2's ``boundary_ratio``)
+    kept; ``components`` replace any of them."""
     import inspect
 
     wanted = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-    shared = {name: module for name, module in pipeline.components.items() if name in wanted}
-    if "scheduler" in shared and "scheduler" not in components:
-        shared.update(schedulers(dict(shared["scheduler"].config)))
+    modules = pipeline.components
+    shared = {name: module for name, module in modules.items() if name in wanted}
+    shared.update({name: value for name, value in pipeline.config.items() if name in wanted and name not in modules})
     shared.update(components)
     required = [name for name, parameter in inspect.signature(cls.__init__).parameters.items()
                 if name != "self" and parameter.default is inspect.Parameter.empty]
@@ -75,12 +76,6 @@ def share_components(cls, pipeline, schedulers: Callable[[dict], dict], componen
     made = cls(**{name: shared[name] for name in wanted if name in shared})
     made.loras = list(getattr(pipeline, "loras", []))
     return made
-
-
-def ddim_components(config: dict) -> dict:
-    """The schedulers of a Stable Diffusion FLATTEN pipeline from any scheduler config: DDIM and its inverse."""
-    scheduler, inverse_scheduler = ddim_schedulers(config)
-    return dict(scheduler=scheduler, inverse_scheduler=inverse_scheduler)
 
 
 def check_lora(source: str | os.PathLike) -> dict:
@@ -250,7 +245,4 @@ def load_single_file(pipeline_class, path: str | os.PathLike, config: str | None
             f"({family}); connect once so they are fetched and cached, or give --model-config with a local copy of "
             f"{config} in diffusers layout (its config and tokenizer files suffice) ({_one_line(error)})"
         ) from error
-    scheduler, inverse_scheduler = ddim_schedulers(loaded.scheduler.config)
-    names = set(pipeline_class.__init__.__code__.co_varnames)
-    components = {name: module for name, module in loaded.components.items() if name in names and name != "scheduler"}
-    return pipeline_class(**components, scheduler=scheduler, inverse_scheduler=inverse_scheduler)
+    return share_components(pipeline_class, loaded, {})

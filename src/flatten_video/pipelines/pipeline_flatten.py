@@ -8,8 +8,9 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .conditioning import Conditioning, tokenize_prompt
-from .loading import LoraLoadingMixin, ddim_components, load_pretrained, share_components
+from .loading import LoraLoadingMixin, load_pretrained, share_components
 from .mixin import FlattenMixin
+from .schedule import ddim_pair
 
 
 class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, LoraLoadingMixin, FlattenMixin):
@@ -20,13 +21,22 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, LoraLoa
     with other pipelines. LoRAs load with :meth:`load_loras` (or diffusers' ``load_lora_weights``):
     PEFT wraps the projections, which FLATTEN's processors call.
 
+    Made from a loaded ``StableDiffusionPipeline`` as ``FlattenPipeline(**sd_pipe.components)`` or
+    ``FlattenPipeline.from_pipe(sd_pipe)``, sharing its modules.
+
     Args:
         vae, text_encoder, tokenizer, unet: the Stable Diffusion components.
-        scheduler: a ``DDIMScheduler`` for sampling.
-        inverse_scheduler: a ``DDIMInverseScheduler`` for inversion.
+        scheduler: the checkpoint's scheduler of any kind; FLATTEN samples with DDIM made from
+            its config (betas and prediction type kept).
+        inverse_scheduler: a ``DDIMInverseScheduler`` for inversion; by default DDIM's inverse
+            from the same config.
+        safety_checker, feature_extractor, image_encoder: accepted so that a Stable Diffusion
+            pipeline's components can be passed as they are; FLATTEN uses none of them (it runs
+            no safety checker and no IP-Adapter).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["inverse_scheduler"]
 
     def __init__(
         self,
@@ -35,9 +45,13 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, LoraLoa
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
         scheduler: DDIMScheduler,
-        inverse_scheduler: DDIMInverseScheduler,
+        inverse_scheduler: DDIMInverseScheduler | None = None,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
     ):
         super().__init__()
+        scheduler, inverse_scheduler = ddim_pair(scheduler, inverse_scheduler)
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -54,7 +68,7 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, LoraLoa
         """A FLATTEN pipeline sharing the modules of a loaded diffusers pipeline of this family
         (``StableDiffusion...Pipeline.from_pretrained(...)``): no weights are copied; the DDIM
         scheduler and its inverse come from its scheduler config."""
-        return share_components(cls, pipeline, ddim_components, components)
+        return share_components(cls, pipeline, components)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "FlattenPipeline":

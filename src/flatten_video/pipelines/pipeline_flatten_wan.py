@@ -63,7 +63,8 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         vae: ``AutoencoderKLWan``: causal 3-D, 4 source frames per latent frame after the first,
             8x spatially, latents normalised per channel.
         transformer: ``WanTransformer3DModel`` (Wan 2.2 A14B: the high-noise expert).
-        scheduler: the checkpoint's scheduler; its shift sets the flow-matching levels.
+        scheduler: the checkpoint's scheduler of any kind (Wan's released ones are UniPC); FlowEdit
+            and the inversion take plain flow-matching Euler steps along its shifted levels.
         transformer_2, boundary_ratio: Wan 2.2 A14B's low-noise expert and where it takes over.
     """
 
@@ -85,7 +86,9 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
                  transformer_2: WanTransformer3DModel | None = None, boundary_ratio: float | None = None):
         super().__init__()
         if transformer_2 is not None and boundary_ratio is None:
-            raise ValueError("a two-expert Wan checkpoint needs boundary_ratio (where transformer_2 takes over)")
+            raise ValueError("a two-expert Wan checkpoint needs boundary_ratio (where transformer_2 takes over; "
+                             "a WanPipeline's is wan_pipe.config.boundary_ratio)")
+        scheduler = flow_scheduler(dict(scheduler.config))
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                               scheduler=scheduler, transformer_2=transformer_2)
         self.register_to_config(boundary_ratio=boundary_ratio)
@@ -106,7 +109,7 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
     def from_pipe(cls, pipeline, **components) -> "FlattenWanPipeline":
         """A FLATTEN pipeline sharing the modules of a loaded diffusers ``WanPipeline``: no
         weights are copied; the flow-matching scheduler keeps its config's shift."""
-        return share_components(cls, pipeline, lambda config: dict(scheduler=flow_scheduler(config)), components)
+        return share_components(cls, pipeline, components)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "FlattenWanPipeline":
@@ -118,7 +121,6 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         except (OSError, EnvironmentError, ValueError) as error:
             raise ModelLoadError(f"could not load the Wan model {pretrained_model_name_or_path!r}: give a local folder "
                                  f"or a hub id in diffusers layout with safetensors weights ({_one_line(error)})") from error
-        pipe.scheduler = flow_scheduler(dict(pipe.scheduler.config))
         return pipe
 
     # -- text and video ---------------------------------------------------------------------------

@@ -8,8 +8,9 @@ from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .conditioning import Conditioning, tokenize_prompt
-from .loading import LoraLoadingMixin, ddim_components, load_pretrained, share_components
+from .loading import LoraLoadingMixin, load_pretrained, share_components
 from .mixin import FlattenMixin
+from .schedule import ddim_pair
 
 
 class FlattenSDXLPipeline(DiffusionPipeline, StableDiffusionXLLoraLoaderMixin, LoraLoadingMixin, FlattenMixin):
@@ -25,7 +26,10 @@ class FlattenSDXLPipeline(DiffusionPipeline, StableDiffusionXLLoraLoaderMixin, L
 
     Args:
         vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet: the SDXL components.
-        scheduler: a ``DDIMScheduler`` for sampling; inverse_scheduler: its ``DDIMInverseScheduler``.
+        scheduler, inverse_scheduler: as :class:`~flatten_video.FlattenPipeline`'s (any kind of
+            scheduler; DDIM from its config, and its inverse unless one is given).
+        image_encoder, feature_extractor: accepted so that ``FlattenSDXLPipeline(**xl_pipe.components)``
+            works; FLATTEN does not use them.
         force_zeros_for_empty_prompt: an empty prompt conditions with zeros, as SDXL base was
             trained (its unconditional branch, and the inversion's empty prompt).
     """
@@ -43,10 +47,13 @@ class FlattenSDXLPipeline(DiffusionPipeline, StableDiffusionXLLoraLoaderMixin, L
         tokenizer_2: CLIPTokenizer,
         unet: UNet2DConditionModel,
         scheduler: DDIMScheduler,
-        inverse_scheduler: DDIMInverseScheduler,
+        inverse_scheduler: DDIMInverseScheduler | None = None,
         force_zeros_for_empty_prompt: bool = True,
+        image_encoder=None,
+        feature_extractor=None,
     ):
         super().__init__()
+        scheduler, inverse_scheduler = ddim_pair(scheduler, inverse_scheduler)
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -64,7 +71,7 @@ class FlattenSDXLPipeline(DiffusionPipeline, StableDiffusionXLLoraLoaderMixin, L
     @classmethod
     def from_pipe(cls, pipeline, **components) -> "FlattenSDXLPipeline":
         """As :meth:`FlattenPipeline.from_pipe`, from a loaded ``StableDiffusionXLPipeline``."""
-        return share_components(cls, pipeline, ddim_components, components)
+        return share_components(cls, pipeline, components)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "FlattenSDXLPipeline":

@@ -25,6 +25,14 @@ def ddim_schedulers(config: dict):
     return scheduler, DDIMInverseScheduler.from_config(scheduler.config)
 
 
+def ddim_pair(scheduler, inverse_scheduler=None):
+    """(DDIM scheduler, DDIM inverse scheduler) of a Stable Diffusion FLATTEN pipeline made with
+    ``scheduler`` of any kind (a checkpoint's PNDM, Euler...): DDIM from its config, and
+    ``inverse_scheduler`` when one is given, else DDIM's inverse from the same config."""
+    ddim, inverse = ddim_schedulers(dict(scheduler.config))
+    return ddim, inverse if inverse_scheduler is None else inverse_scheduler
+
+
 def inversion_timesteps(inverse_scheduler, num_inversion_steps: int) -> list[int]:
     """The timesteps inversion visits, in order: t = 1, 1 + k, ..., 1 + (n-1)k (k = 1000 // n)."""
     inverse_scheduler.set_timesteps(num_inversion_steps)
