@@ -8,7 +8,11 @@
 # 1. one U-Net evaluation of a guidance batch at 16, 32 and 64 frames: spatial vs DSTA vs
 #    DSTA + FLATTEN (the cost of FLATTEN's attention);
 # 2. the paper's setting, 32 frames, as a whole edit with fewer steps (STEPS/INV_STEPS/INJECT,
-#    default 10/20/8; the paper's 50/100/40 is FULL=1): seconds per U-Net call give the full time;
+#    default 10/20/8; the paper's 50/100/40 is FULL=1): seconds per U-Net call give the full time,
+#    each kind of call timed on its own (inversion's, recording features or not; sampling's,
+#    injecting or not; the first); then the same with the features kept on the host as before
+#    they could stay on the GPU, and one U-Net evaluation of 1 row (an inversion call) against
+#    the 2 rows of step 1 (where inversion's time goes);
 # 3. 128 frames edited in windows of 32 (docs/architecture.md, Long clips) against 32 frames, same steps;
 # 4. an SDXL edit of 16 frames at 1024x1024;
 # 5. Wan 2.1 1.3B (bf16, random weights, the whole UMT5-XXL text encoder under model CPU offload):
@@ -43,7 +47,9 @@ run() {  # run NAME ARCH ARGS...: one pipeline.py run, its output kept, a failur
   | tee "$OUT/device.txt" || { echo "gpu.sh needs a CUDA GPU"; exit 1; }
 
 run unet-fp16 sd21 --unet-pass --frames 16 32 64 "${SIZE[@]}" --dtype float16 --attention spatial dsta dsta+flatten
-run paper sd21 --frames 32 "${SIZE[@]}" "${PAPER[@]}" --dtype float16 --attention dsta+flatten
+run paper sd21 --frames 32 "${SIZE[@]}" "${PAPER[@]}" --dtype float16 --attention dsta+flatten --call-times
+run paper-host sd21 --frames 32 "${SIZE[@]}" "${PAPER[@]}" --dtype float16 --attention dsta+flatten --call-times --feature-device host
+run unet-1row sd21 --unet-pass --rows 1 --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta dsta+flatten
 run long-32 sd21 --frames 32 "${SIZE[@]}" "${EDIT[@]}" --dtype float16 --window 32
 run long-128 sd21 --frames 128 "${SIZE[@]}" "${EDIT[@]}" --dtype float16 --window 32
 run sdxl-16 sdxl --frames 16 --width 1024 --height 1024 "${EDIT[@]}" --dtype float16

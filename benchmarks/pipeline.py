@@ -122,9 +122,48 @@ def count_unet_calls(unet) -> list:
     return calls
 
 
+def time_calls(module, device: str) -> list:
+    """(timestep, seconds) of each call of ``module``, the device synchronised before and after
+    it so a call's seconds are its own (queued work of the call before is not counted)."""
+    calls, started = [], []
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def before(module, args, kwargs):
+        sync()
+        started.append(time.perf_counter())
+
+    def after(module, args, kwargs, output):
+        sync()
+        timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
+        timestep = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
+        calls.append((timestep, time.perf_counter() - started.pop()))
+
+    module.register_forward_pre_hook(before, with_kwargs=True)
+    module.register_forward_hook(after, with_kwargs=True)
+    return calls
+
+
+def call_kinds(calls: list, inversion_calls: int, injected) -> dict:
+    """Mean seconds and count of each kind of denoiser call: the first (it loads the kernels),
+    then inversion's and sampling's, with the source features recorded or injected (at the
+    injected timesteps) or not."""
+    injected = {float(t) for t in injected}
+    kinds: dict[str, list[float]] = {"first call": [calls[0][1]]} if calls else {}
+    for index, (timestep, seconds) in enumerate(calls[1:], start=1):
+        phase = "inversion" if index < inversion_calls else "sampling"
+        features = (", recording" if phase == "inversion" else ", injecting") if timestep in injected else ""
+        kinds.setdefault(phase + features, []).append(seconds)
+    return {kind: dict(calls=len(s), mean_s=sum(s) / len(s)) for kind, s in kinds.items()}
+
+
 def edit(pipe: FlattenPipeline, frames: torch.Tensor, args, mode: str, device: str) -> dict:
-    """One whole edit; its stages' seconds, denoiser calls, attention FLOPs and peak memory."""
+    """One whole edit; its stages' seconds, denoiser calls, attention FLOPs and peak memory (with
+    ``--call-times``, each kind of denoiser call's mean seconds)."""
     calls = count_unet_calls(denoiser(pipe))
+    timed_calls = time_calls(denoiser(pipe), device) if args.call_times else None
     generator = torch.Generator().manual_seed(66)
     timings: dict[str, float] = {}
     if is_wan(args.arch):  # FlowEdit (every step edits) or the paper's inversion, Wan's guidance
@@ -141,6 +180,7 @@ def edit(pipe: FlattenPipeline, frames: torch.Tensor, args, mode: str, device: s
         inversion = pipe.invert_video(frames, generator=generator, flows=flows, num_inference_steps=args.steps,
                                       attention_mode=mode, window=args.window, **start_kwargs)
         timings.update(inversion.timings)
+        inversion_calls = len(calls)
         with timed(timings, "sample", device):
             latents = pipe.sample(inversion, PROMPT, generator=generator, **sample_kwargs)
         with timed(timings, "decode", device):
@@ -151,22 +191,32 @@ def edit(pipe: FlattenPipeline, frames: torch.Tensor, args, mode: str, device: s
         seconds_per_call=unet_seconds / max(len(calls), 1), attention_flops_per_call=flops.total / max(len(calls), 1),
         attention_seconds=flops.seconds, attention_flops_per_second=flops.total / flops.seconds if flops.seconds else None,
         peak_bytes=memory.peak, feature_mode=getattr(inversion, "feature_mode", None),
+        feature_device=feature_device(inversion),
+        call_kinds=call_kinds(timed_calls, inversion_calls, getattr(inversion, "injected_timesteps", []))
+        if timed_calls is not None else None,
     )
 
 
+def feature_device(inversion) -> str | None:
+    """Where an inversion's stored features were kept (None: none stored)."""
+    store = getattr(inversion, "features", None)
+    return None if store is None else store.storage_device.type
+
+
 def unet_pass(pipe: FlattenPipeline, args, mode: str, device: str, dtype, num_frames: int) -> dict:
-    """One denoiser evaluation of a guidance batch (2 videos) with FLATTEN, as the paper's code runs
-    it (on Wan: a FlowEdit step's batch of the source and target rows). An untimed evaluation comes
-    first, so kernel loading and autotuning are not counted."""
+    """One denoiser evaluation of a guidance batch (``--rows`` videos, default 2) with FLATTEN, as
+    the paper's code runs it (on Wan: a FlowEdit step's batch of the source and target rows; 1 row:
+    an inversion call). An untimed evaluation comes first, so kernel loading and autotuning are not
+    counted."""
     from flatten_video import FlattenConfig
 
     h, w = args.height // pipe.vae_scale_factor, args.width // pipe.vae_scale_factor
     frames = panning_frames(num_frames, args.height, args.width)
     trajectories = pipe.prepare_trajectories(frames, flow_method="dis", progress=False) if mode in ("flatten", "dsta+flatten") else {}
     latent_frames = pipe.backbone.num_latent_frames(num_frames)
-    latents = torch.randn(2, pipe.backbone.in_channels, latent_frames, h, w, device=device, dtype=dtype)
+    latents = torch.randn(args.rows, pipe.backbone.in_channels, latent_frames, h, w, device=device, dtype=dtype)
     row = pipe.encode_conditioning(PROMPT, args.height, args.width)
-    conditioning = Conditioning.cat([row, row])
+    conditioning = Conditioning.cat([row] * args.rows)
     config = FlattenConfig(attention_mode=mode, window=0)
     with pipe.flatten_enabled(config, latent_frames, trajectories), torch.no_grad():
         pipe.predict_noise(latents, 501, conditioning)
@@ -176,7 +226,7 @@ def unet_pass(pipe: FlattenPipeline, args, mode: str, device: str, dtype, num_fr
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-    result = dict(mode=mode, frames=num_frames, seconds=seconds, peak_bytes=memory.peak, attention_flops=flops.total,
+    result = dict(mode=mode, frames=num_frames, rows=args.rows, seconds=seconds, peak_bytes=memory.peak, attention_flops=flops.total,
                   attention_seconds=flops.seconds, attention_flops_per_second=flops.total / flops.seconds if flops.seconds else None)
     if args.controlnet:
         result["controlnet_seconds"] = controlnet_pass(pipe, latents, conditioning, device)
@@ -244,7 +294,13 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="U-Net in channels-last memory format")
     parser.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload(): text encoder and VAE off the GPU while the U-Net runs")
     parser.add_argument("--unet-pass", action="store_true", help="time one U-Net evaluation of a guidance batch instead of a whole edit")
+    parser.add_argument("--rows", type=int, default=2, help="with --unet-pass: videos in the batch (2: a guided "
+                        "sampling call; 1: an inversion call)")
     parser.add_argument("--controlnet", action="store_true", help="with --unet-pass: also time a ControlNet of the U-Net's layout on the same batch")
+    parser.add_argument("--call-times", action="store_true", help="a whole edit: time each kind of denoiser call "
+                        "(inversion's, recording features or not; sampling's, injecting or not), synchronising around each")
+    parser.add_argument("--feature-device", choices=("auto", "host"), default="auto",
+                        help="stored features on the device when they fit (auto, the library's rule) or always on the host")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
@@ -254,6 +310,10 @@ def main() -> None:
         if is_wan(args.arch):
             parser.error("--compile, --channels-last and --controlnet are the U-Net's")
 
+    if args.feature_device == "host":  # the rule before features could stay on the device, for comparison
+        import flatten_video.pipelines.methods.ddim_inversion as ddim_inversion
+
+        ddim_inversion.device_budget = lambda device: None
     start = time.perf_counter()
     pipe = build(args.arch, "cpu" if args.cpu_offload else args.device, dtype, args.text_encoder)
     if args.cpu_offload:
@@ -281,7 +341,7 @@ def main() -> None:
                 print(f"attention backend {dispatched}: not run: {error}")
                 continue
             for num_frames in args.frames:
-                print(f"one {pipe.denoiser_name} evaluation, 2 videos x {num_frames} frames at {args.width}x{args.height}"
+                print(f"one {pipe.denoiser_name} evaluation, {args.rows} videos x {num_frames} frames at {args.width}x{args.height}"
                       + (f", SDPA backend {backend}" if backend else "")
                       + (f", attention backend {dispatched}" if dispatched else ""))
                 for mode in args.attention:
@@ -333,7 +393,12 @@ def print_table(results: list[dict]) -> None:
         ("attn GFLOP per call", lambda r: f"{r['attention_flops_per_call'] / 1e9:.2f}"),
         ("attn GFLOP/s", lambda r: f"{r['attention_flops_per_second'] / 1e9:.1f}" if r["attention_flops_per_second"] else "-"),
         ("peak GiB", lambda r: f"{r['peak_bytes'] / 2**30:.3f}"),
+        ("features kept on", lambda r: r["feature_device"] or "-"),
     ]
+    kinds = [kind for r in results for kind in (r["call_kinds"] or {}) if kind]
+    for kind in dict.fromkeys(kinds):  # each kind of call: "mean s (count)"
+        rows.append((kind + " s", lambda r, kind=kind: (lambda k: f"{k['mean_s']:.3f} ({k['calls']})" if k else "-")(
+            (r["call_kinds"] or {}).get(kind))))
     for name, value in rows:
         print(f"{name:>22}" + "".join(f"{value(r):>{width}}" for r in results))
     base = results[0]

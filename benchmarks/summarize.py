@@ -21,10 +21,15 @@ def rows(folder: pathlib.Path):
             rate = r.get("attention_flops_per_second")
             rate = f"{rate / 1e12:.1f}" if rate else "-"
             if "timings" in r:  # a whole edit
+                kinds = "; ".join(f"{kind} {k['mean_s']:.3f} s x{k['calls']}" for kind, k in (r.get("call_kinds") or {}).items())
+                where = f", features on {r['feature_device']}" if r.get("feature_device") else ""
                 yield (path.stem, setting, r["mode"], f"{r['total']:.1f} s edit ({r['unet_calls']} U-Net calls, "
-                       f"{r['seconds_per_call']:.3f} s each)", f"{r['peak_bytes'] / 2**30:.2f}", rate)
+                       f"{r['seconds_per_call']:.3f} s each{where}{'; ' + kinds if kinds else ''})",
+                       f"{r['peak_bytes'] / 2**30:.2f}", rate)
             else:  # one U-Net evaluation
-                yield (path.stem, setting, r["mode"], f"{r['seconds']:.3f} s U-Net pass", f"{r['peak_bytes'] / 2**30:.2f}", rate)
+                rows_ = f", {r['rows']} row{'s' if r['rows'] != 1 else ''}" if "rows" in r else ""
+                yield (path.stem, setting, r["mode"], f"{r['seconds']:.3f} s U-Net pass{rows_}",
+                       f"{r['peak_bytes'] / 2**30:.2f}", rate)
 
 
 def main() -> None:

@@ -247,6 +247,42 @@ def test_auto_mode_default_budget_is_half_the_available_memory(tiny_pipe, source
     assert tiny_pipe.invert(latents, trajectories, **options).feature_mode == "stored"
 
 
+def test_features_are_placed_by_the_budgets_rule():
+    from flatten_video.models.features import device_budget, feature_placement
+
+    assert feature_placement(10, on_device=10, on_host=None, mode="stored") == "device"  # fits exactly
+    assert feature_placement(11, on_device=10, on_host=None, mode="stored") == "host"
+    assert feature_placement(11, on_device=10, on_host=None, mode="auto") == "host"  # no host limit
+    assert feature_placement(11, on_device=10, on_host=11, mode="auto") == "host"
+    assert feature_placement(12, on_device=10, on_host=11, mode="auto") == "recompute"
+    assert feature_placement(12, on_device=10, on_host=11, mode="stored") == "host"  # stored is asked for
+    assert feature_placement(1, on_device=None, on_host=None, mode="auto") == "host"  # no accelerator
+    assert device_budget("cpu") is None
+
+
+def test_the_store_stays_on_the_device_within_its_budget_else_moves_to_the_host(tiny_pipe, source, monkeypatch):
+    """The placement is settled at the first step inversion records, from that step's size times
+    the injected steps; either way the same features are kept."""
+    from flatten_video.models.features import FeatureStore
+
+    _, trajectories, latents = source
+    options = dict(STEPS, inject_steps=2, feature_mode="stored")
+    reference = tiny_pipe.invert(latents, trajectories, **options)
+    moves, move_to = [], FeatureStore.move_to
+
+    def spied_move_to(store, device):
+        moves.append(str(device))
+        move_to(store, device)
+
+    monkeypatch.setattr(FeatureStore, "move_to", spied_move_to)
+    for budget, moved in ((reference.held_bytes, []), (reference.held_bytes - 1, ["cpu"])):
+        monkeypatch.setattr("flatten_video.pipelines.methods.ddim_inversion.device_budget", lambda device: budget)
+        moves.clear()
+        placed = tiny_pipe.invert(latents, trajectories, **options)
+        assert moves == moved and placed.feature_mode == "stored"
+        assert same_features(placed.features, reference.features)
+
+
 def test_auto_is_the_default_feature_mode(tiny_pipe, source):
     for method in (FlattenPipeline.invert, FlattenPipeline.__call__):
         parameters = inspect.signature(method).parameters

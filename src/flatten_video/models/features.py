@@ -7,13 +7,17 @@ both halves of the guidance batch.
 Two ways to have the source features at sampling time:
 
 - ``"stored"``: keep each feature (one copy, since the guidance halves of the paper's inversion
-  are identical) off the accelerator, in ``storage_dtype``.
+  are identical) in ``storage_dtype``: on the accelerator when the whole store fits half of its
+  free memory (no copies at all), else on the host (:func:`feature_placement`). Host copies are
+  pageable, so each waits for the accelerator: page-locked ones would not, but PyTorch's pinned
+  allocator rounds every block up to a power of two, up to twice the host memory of a store that
+  is tens of GB at the paper's setting.
 - ``"recompute"``: keep only the latents that inversion fed to the U-Net at those timesteps, and
   put them in front of the sampling batch, so the source features are computed afresh in the same
   U-Net call and handed to the other rows.
 
-``"auto"`` picks one of them during inversion: ``"stored"`` when the features fit a memory budget
-(by default half of the host's available memory), else ``"recompute"``. Which layers are recorded is
+``"auto"`` picks one of them during inversion: ``"stored"`` when the features fit the accelerator's
+budget or the host's (by default half of the host's available memory), else ``"recompute"``. Which layers are recorded is
 :class:`~flatten_video.models.injection.InjectionSpec`'s rule.
 """
 
@@ -64,6 +68,31 @@ def feature_budget(feature_memory_budget: int | None = None) -> int | None:
         return feature_memory_budget
     available = available_memory()
     return None if available is None else available // 2
+
+
+def device_budget(device: torch.device | str) -> int | None:
+    """Bytes stored features may take on ``device``: half of a CUDA device's free memory (the
+    rest is left to sampling, whose batch is twice inversion's); None for a CPU or a device
+    whose free memory cannot be read (features then live on the host)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except RuntimeError:
+        return None
+    return free // 2
+
+
+def feature_placement(estimate: int, on_device: int | None, on_host: int | None, mode: str) -> str:
+    """Where a store of ``estimate`` bytes lives: ``"device"`` when it fits ``on_device`` (the
+    accelerator's budget, None: none), else ``"host"``, except that ``mode="auto"`` gives
+    ``"recompute"`` when it does not fit ``on_host`` either (None: no limit)."""
+    if on_device is not None and estimate <= on_device:
+        return "device"
+    if mode == "auto" and on_host is not None and estimate > on_host:
+        return "recompute"
+    return "host"
 
 
 def store_estimate(first_step_bytes: int, steps: int) -> int:
@@ -140,7 +169,15 @@ class FeatureStore:
             return output
         return source.repeat(output.shape[0] // source.shape[0], *([1] * (source.ndim - 1)))
 
+    def move_to(self, device: torch.device | str) -> None:
+        """Keep what is recorded, and what will be, on ``device``."""
+        self.storage_device = torch.device(device)
+        for step in self.features.values():
+            for name, tensor in step.items():
+                step[name] = tensor.to(self.storage_device, self.storage_dtype)
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the recorded features."""
         return sum(t.numel() * t.element_size() for step in self.features.values() for t in step.values())
+
