@@ -9,7 +9,7 @@ import pathlib
 import torch
 
 from ..flow import FlowWeightsUnavailable
-from ..families import FAMILIES as FAMILIES_BY_NAME
+from ..families import FAMILIES
 from ..hub import HubUnavailable, hub_kwargs, is_hub_id
 from ..models.attention_backends import check_attention_backend
 from ..pipelines import FlattenMixin, FlattenPipeline, FlattenSDXLPipeline, ModelLoadError, pipeline_for_index
@@ -92,7 +92,7 @@ def check_lora_fits(lora: str, model: str) -> None:
     if target is None or is_single_file(model):
         return
     denoiser, width = target
-    family = FAMILIES_BY_NAME[pipeline_class(model).family]
+    family = FAMILIES[pipeline_class(model).family]
     if denoiser != family.denoiser:
         raise ValueError(f"the LoRA {lora} is for a {LORA_TARGETS[denoiser]}, and {model} is {family.label}")
     check_same_text_width(f"the LoRA {lora}", width, model)
@@ -112,7 +112,7 @@ def check_same_text_width(what: str, width: int | None, model: str) -> None:
     model_width = checkpoint_json(model, "unet/config.json").get("cross_attention_dim")
     if width is None or model_width is None or width == model_width:
         return
-    plug_in, base = FAMILY_NAMES.get(FAMILIES.get(width)), FAMILY_NAMES.get(FAMILIES.get(model_width))
+    plug_in, base = FAMILY_NAMES.get(BASE_BY_TEXT_WIDTH.get(width)), FAMILY_NAMES.get(BASE_BY_TEXT_WIDTH.get(model_width))
     raise ValueError(f"{what} is for {plug_in or 'another model'} (its cross-attention reads {width}-wide text); "
                      f"{model} is {base or 'a U-Net'} ({model_width})")
 
@@ -196,7 +196,7 @@ def model_family(model: str) -> str | None:
     """``"sd15"``, ``"sd21"`` or ``"sdxl"`` by the U-Net's text width; None when unknown."""
     if is_single_file(model):
         return single_file_family(model)
-    return FAMILIES.get(checkpoint_json(model, "unet/config.json").get("cross_attention_dim"))
+    return BASE_BY_TEXT_WIDTH.get(checkpoint_json(model, "unet/config.json").get("cross_attention_dim"))
 
 
 def pipeline_class(model: str) -> type[FlattenMixin]:
@@ -231,7 +231,7 @@ DEFAULT_CONTROLNETS = {
 }
 
 #: Base-model family by the width of the text embedding its U-Net reads.
-FAMILIES = {768: "sd15", 1024: "sd21", 2048: "sdxl"}
+BASE_BY_TEXT_WIDTH = {768: "sd15", 1024: "sd21", 2048: "sdxl"}
 
 
 def controlnet_id(kind: str, model: str | None, family: str | None) -> str:
@@ -261,7 +261,7 @@ def add_controlnets(pipe, controls: list[tuple[str, str | None]], dtype: torch.d
 
     nets = []
     for kind, model in controls:
-        name = controlnet_id(kind, model, FAMILIES.get(pipe.unet.config.cross_attention_dim))
+        name = controlnet_id(kind, model, BASE_BY_TEXT_WIDTH.get(pipe.unet.config.cross_attention_dim))
         try:
             nets.append(ControlNetModel.from_pretrained(name, **dtype_kwargs(dict(dtype=dtype)), use_safetensors=True,
                                                         **hub_kwargs(name, "config.json", f"the {kind} ControlNet")))
