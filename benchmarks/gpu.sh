@@ -6,24 +6,22 @@
 # Runs in order of what matters most, so a run cut short still answers the main questions
 # (SD 2.1 architecture, random weights, nothing downloaded; fp16; 512x512 unless said):
 # 1. one U-Net evaluation of a guidance batch at 16, 32 and 64 frames: spatial vs DSTA vs
-#    DSTA + FLATTEN (the cost of FLATTEN's attention);
+#    DSTA + FLATTEN (the cost of FLATTEN's attention), then at 32 frames per diffusers dispatcher
+#    backend (native, cuDNN, flash, sage...; a missing package is one line and the next runs);
 # 2. the paper's setting, 32 frames, as a whole edit with fewer steps (STEPS/INV_STEPS/INJECT,
-#    default 10/20/8; the paper's 50/100/40 is FULL=1): seconds per U-Net call give the full time,
-#    each kind of call timed on its own (inversion's, recording features or not; sampling's,
-#    injecting or not; the first); then the same with the features kept on the host as before
-#    they could stay on the GPU, and one U-Net evaluation of 1 row (an inversion call) against
-#    the 2 rows of step 1 (where inversion's time goes);
-# 3. 128 frames edited in windows of 32 (docs/architecture.md, Long clips) against 32 frames, same steps;
-# 4. an SDXL edit of 16 frames at 1024x1024;
-# 5. Wan 2.1 1.3B (bf16, random weights, the whole UMT5-XXL text encoder under model CPU offload):
-#    one transformer evaluation of 81 frames at 832x480, dsta vs dsta+flatten (target <= 1.05x);
-#    FlowEdit of 81 frames with and without FLATTEN (WAN_STEPS, default 4 of the 50; peak <= 16 GB);
-#    241 frames in windows of 81 (peak <= 1.2x the 81-frame one);
-# 6. speed levers on the 32-frame U-Net evaluation: bf16, SDPA backends flash / efficient /
-#    cuDNN, diffusers' dispatcher backends (native, cuDNN, flash, sage; Wan's too; a missing
-#    package is one line and the next runs), channels-last, torch.compile of the U-Net's blocks
-#    (slowest to start, so last);
-# then a table of everything (summary.md) beside the JSON and text files. About 10 minutes on an H200.
+#    default 10/20/8; the paper's 50/100/40 is FULL=1), per dispatcher backend on one seed: time,
+#    peak, each kind of U-Net call timed on its own (the first; inversion's, recording features
+#    or not; sampling's, injecting or not) and each backend's max and mean per-pixel difference
+#    from native's video; then with the features kept on the host (the placement before they
+#    could stay on the GPU), and one U-Net evaluation of 1 row (an inversion call);
+# 3. Wan 2.1 1.3B (bf16, random weights, the whole UMT5-XXL text encoder under model CPU offload):
+#    one transformer evaluation of 81 frames at 832x480, dsta vs dsta+flatten (target <= 1.05x)
+#    and per dispatcher backend; FlowEdit of 81 frames with and without FLATTEN (WAN_STEPS,
+#    default 4 of the 50; peak <= 16 GB); 241 frames in windows of 81 (peak <= 1.2x the 81-frame one);
+# 4. torch.compile of the U-Net's blocks (slowest to start);
+# 5. what 2026-11-26 measured already, last: 128 frames in windows of 32 against 32 frames, an
+#    SDXL edit of 16 frames at 1024x1024, bf16, PyTorch's SDPA backends, channels-last;
+# then a table of everything (summary.md) beside the JSON and text files. About 12 minutes on an H200.
 set -uo pipefail
 OUT=$(realpath -m "${1:-./gpu-results}")
 mkdir -p "$OUT"
@@ -46,22 +44,23 @@ run() {  # run NAME ARCH ARGS...: one pipeline.py run, its output kept, a failur
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name(), torch.__version__)" \
   | tee "$OUT/device.txt" || { echo "gpu.sh needs a CUDA GPU"; exit 1; }
 
+BACKENDS=(native _native_cudnn _native_flash flash sage)
 run unet-fp16 sd21 --unet-pass --frames 16 32 64 "${SIZE[@]}" --dtype float16 --attention spatial dsta dsta+flatten
-run paper sd21 --frames 32 "${SIZE[@]}" "${PAPER[@]}" --dtype float16 --attention dsta+flatten --call-times
+run unet-dispatcher sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --attention-backend "${BACKENDS[@]}"
+run paper sd21 --frames 32 "${SIZE[@]}" "${PAPER[@]}" --dtype float16 --attention dsta+flatten --call-times --attention-backend "${BACKENDS[@]}"
 run paper-host sd21 --frames 32 "${SIZE[@]}" "${PAPER[@]}" --dtype float16 --attention dsta+flatten --call-times --feature-device host
 run unet-1row sd21 --unet-pass --rows 1 --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta dsta+flatten
+WAN=(--width 832 --height 480 --dtype bfloat16 --text-encoder full --cpu-offload)
+run wan-pass wan21-1.3b --unet-pass --frames 81 --width 832 --height 480 --dtype bfloat16 --attention dsta dsta+flatten
+run wan-dispatcher wan21-1.3b --unet-pass --frames 81 --width 832 --height 480 --dtype bfloat16 --attention dsta+flatten --attention-backend native _native_cudnn flash sage
+run wan-81 wan21-1.3b --frames 81 "${WAN[@]}" --steps "${WAN_STEPS:-4}" --attention dsta dsta+flatten
+run wan-241 wan21-1.3b --frames 241 "${WAN[@]}" --steps "${WAN_STEPS:-4}" --window 81 --overlap 8
+run unet-f32-compile sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --compile
 run long-32 sd21 --frames 32 "${SIZE[@]}" "${EDIT[@]}" --dtype float16 --window 32
 run long-128 sd21 --frames 128 "${SIZE[@]}" "${EDIT[@]}" --dtype float16 --window 32
 run sdxl-16 sdxl --frames 16 --width 1024 --height 1024 "${EDIT[@]}" --dtype float16
-WAN=(--width 832 --height 480 --dtype bfloat16 --text-encoder full --cpu-offload)
-run wan-pass wan21-1.3b --unet-pass --frames 81 --width 832 --height 480 --dtype bfloat16 --attention dsta dsta+flatten
-run wan-81 wan21-1.3b --frames 81 "${WAN[@]}" --steps "${WAN_STEPS:-4}" --attention dsta dsta+flatten
-run wan-241 wan21-1.3b --frames 241 "${WAN[@]}" --steps "${WAN_STEPS:-4}" --window 81 --overlap 8
 run unet-f32-bf16 sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype bfloat16 --attention dsta dsta+flatten
 run unet-f32-backends sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --sdpa-backend flash efficient cudnn
 run unet-f32-channels-last sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --channels-last
-run unet-dispatcher sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --attention-backend native _native_cudnn _native_flash flash sage
-run wan-dispatcher wan21-1.3b --unet-pass --frames 81 --width 832 --height 480 --dtype bfloat16 --attention dsta+flatten --attention-backend native _native_cudnn flash sage
-run unet-f32-compile sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --compile
 
 "$PY" summarize.py "$OUT" | tee "$OUT/summary.md"

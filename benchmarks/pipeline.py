@@ -116,15 +116,11 @@ def panning_frames(frames: int, height: int, width: int, shift: int = 8) -> torc
     return torch.stack([big[:, :height, shift * (frames - t) : shift * (frames - t) + width] for t in range(frames)])
 
 
-def count_unet_calls(unet) -> list:
-    calls = []
-    unet.register_forward_pre_hook(lambda module, args: calls.append(1))
-    return calls
-
-
-def time_calls(module, device: str) -> list:
-    """(timestep, seconds) of each call of ``module``, the device synchronised before and after
-    it so a call's seconds are its own (queued work of the call before is not counted)."""
+@contextlib.contextmanager
+def counted_calls(module, device: str, timed: bool):
+    """Yields the list of ``module``'s calls while the block runs: (timestep, seconds) each when
+    ``timed`` (the device synchronised before and after a call, so its seconds are its own),
+    else None each."""
     calls, started = [], []
 
     def sync():
@@ -141,9 +137,16 @@ def time_calls(module, device: str) -> list:
         timestep = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
         calls.append((timestep, time.perf_counter() - started.pop()))
 
-    module.register_forward_pre_hook(before, with_kwargs=True)
-    module.register_forward_hook(after, with_kwargs=True)
-    return calls
+    if not timed:
+        hooks = [module.register_forward_pre_hook(lambda module, args: calls.append(None))]
+    else:
+        hooks = [module.register_forward_pre_hook(before, with_kwargs=True),
+                 module.register_forward_hook(after, with_kwargs=True)]
+    try:
+        yield calls
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def call_kinds(calls: list, inversion_calls: int, injected) -> dict:
@@ -159,11 +162,10 @@ def call_kinds(calls: list, inversion_calls: int, injected) -> dict:
     return {kind: dict(calls=len(s), mean_s=sum(s) / len(s)) for kind, s in kinds.items()}
 
 
-def edit(pipe: FlattenPipeline, frames: torch.Tensor, args, mode: str, device: str) -> dict:
-    """One whole edit; its stages' seconds, denoiser calls, attention FLOPs and peak memory (with
-    ``--call-times``, each kind of denoiser call's mean seconds)."""
-    calls = count_unet_calls(denoiser(pipe))
-    timed_calls = time_calls(denoiser(pipe), device) if args.call_times else None
+def edit(pipe: FlattenPipeline, frames: torch.Tensor, args, mode: str, device: str) -> tuple[dict, torch.Tensor]:
+    """One whole edit: its stages' seconds, denoiser calls, attention FLOPs and peak memory (with
+    ``--call-times``, each kind of denoiser call's mean seconds), and the (F, 3, H, W) frames it
+    decoded, in [0, 1]."""
     generator = torch.Generator().manual_seed(66)
     timings: dict[str, float] = {}
     if is_wan(args.arch):  # FlowEdit (every step edits) or the paper's inversion, Wan's guidance
@@ -174,7 +176,8 @@ def edit(pipe: FlattenPipeline, frames: torch.Tensor, args, mode: str, device: s
         start_kwargs = dict(num_inversion_steps=args.inversion_steps, inject_steps=args.inject_steps,
                             feature_mode=args.feature_mode)
         sample_kwargs = dict(guidance_scale=10.0)
-    with PeakMemory(device) as memory, AttentionFlops(device) as flops:
+    with PeakMemory(device) as memory, AttentionFlops(device) as flops, \
+            counted_calls(denoiser(pipe), device, args.call_times) as calls:
         with timed(timings, "flow", device):
             flows = estimate_flow(frames, "dis", progress=False)
         inversion = pipe.invert_video(frames, generator=generator, flows=flows, num_inference_steps=args.steps,
@@ -184,7 +187,7 @@ def edit(pipe: FlattenPipeline, frames: torch.Tensor, args, mode: str, device: s
         with timed(timings, "sample", device):
             latents = pipe.sample(inversion, PROMPT, generator=generator, **sample_kwargs)
         with timed(timings, "decode", device):
-            pipe.decode_latents(latents)
+            video = pipe.decode_latents(latents)
     unet_seconds = timings.get("invert", 0.0) + timings["sample"]
     return dict(
         mode=mode, timings=timings, total=sum(timings.values()), unet_calls=len(calls),
@@ -192,9 +195,15 @@ def edit(pipe: FlattenPipeline, frames: torch.Tensor, args, mode: str, device: s
         attention_seconds=flops.seconds, attention_flops_per_second=flops.total / flops.seconds if flops.seconds else None,
         peak_bytes=memory.peak, feature_mode=getattr(inversion, "feature_mode", None),
         feature_device=feature_device(inversion),
-        call_kinds=call_kinds(timed_calls, inversion_calls, getattr(inversion, "injected_timesteps", []))
-        if timed_calls is not None else None,
-    )
+        call_kinds=call_kinds(calls, inversion_calls, getattr(inversion, "injected_timesteps", []))
+        if args.call_times else None,
+    ), video
+
+
+def pixel_difference(video: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Max and mean per-pixel difference of two decoded videos, in 1/255."""
+    difference = (video.float() - reference.float()).abs() * 255
+    return dict(max=float(difference.max()), mean=float(difference.mean()))
 
 
 def feature_device(inversion) -> str | None:
@@ -289,7 +298,8 @@ def main() -> None:
     parser.add_argument("--sdpa-backend", choices=("flash", "efficient", "cudnn", "math"), nargs="+", default=None,
                         help="several only with --unet-pass: each is timed in turn")
     parser.add_argument("--attention-backend", nargs="+", default=None,
-                        help="with --unet-pass: diffusers' dispatcher backends to time in turn (native, _native_cudnn, flash, sage...)")
+                        help="diffusers' dispatcher backends to time in turn (native, _native_cudnn, flash, sage...); a whole "
+                        "edit also gives each one's max and mean per-pixel difference from the first one's video")
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net's blocks")
     parser.add_argument("--channels-last", action="store_true", help="U-Net in channels-last memory format")
     parser.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload(): text encoder and VAE off the GPU while the U-Net runs")
@@ -353,6 +363,7 @@ def main() -> None:
                         continue
                     r["sdpa_backend"], r["attention_backend"] = backend, dispatched
                     results.append(r)
+                    save(args, results)
                     rate = f"{r['attention_flops_per_second'] / 1e9:.1f}" if r["attention_flops_per_second"] else "-"
                     print(f"  {mode:>13}: {r['seconds']:8.3f} s, peak {r['peak_bytes'] / 2**30:6.2f} GiB, "
                           f"attention {r['attention_flops'] / 1e9:9.1f} GFLOP in {r['attention_seconds']:.3f} s ({rate} GFLOP/s)")
@@ -371,19 +382,47 @@ def main() -> None:
             print(f"edit of {num_frames} frames at {args.width}x{args.height}: {args.inversion_steps} inversion steps, "
                   f"{args.steps} sampling steps ({args.inject_steps} injected), feature mode {args.feature_mode}, "
                   f"window {args.window}")
-        with sdpa_backend((args.sdpa_backend or [None])[0]):
+        references = {}  # mode -> the first backend's video: each other backend's output is compared with it
+        for dispatched in args.attention_backend or [None]:
+            try:
+                pipe.set_attention_backend(dispatched)
+            except ValueError as error:  # a kernel this machine lacks: say so and go on
+                print(f"attention backend {dispatched}: not run: {error}")
+                continue
             for mode in args.attention:
-                results.append(edit(pipe, frames, args, mode, args.device))
+                try:
+                    with sdpa_backend((args.sdpa_backend or [None])[0]):
+                        r, video = edit(pipe, frames, args, mode, args.device)
+                except RuntimeError as error:  # a backend this GPU or dtype lacks, or out of memory
+                    print(f"  {mode} with attention backend {dispatched}: failed: {str(error).splitlines()[0]}")
+                    continue
+                r["attention_backend"] = dispatched
+                if mode in references:
+                    r["difference_from_first_backend"] = pixel_difference(video, references[mode])
+                else:
+                    references[mode] = video
+                results.append(r)
+                save(args, results)
         print_table(results)
+
+
+def save(args, results: list[dict]) -> None:
+    """``--json``: the figures so far, rewritten after each result, so a run stopped by a time
+    limit keeps what it finished."""
     if args.json:
         record = dict(machine=machine(), args=vars(args), results=results, date=time.strftime("%Y-%m-%d"))
         pathlib.Path(args.json).write_text(json.dumps(record, indent=2))
 
 
 def print_table(results: list[dict]) -> None:
+    if not results:
+        print("nothing ran")
+        return
     stages = ["flow", "trajectories", "encode", "invert", "sample", "decode"]
     width = 14
     print(f"{'':>22}" + "".join(f"{r['mode']:>{width}}" for r in results))
+    if any(r.get("attention_backend") for r in results):
+        print(f"{'attention backend':>22}" + "".join(f"{r.get('attention_backend') or '-':>{width}}" for r in results))
     for stage in stages:
         print(f"{stage + ' s':>22}" + "".join(f"{r['timings'].get(stage, 0.0):>{width}.3f}" for r in results))
     rows = [
@@ -395,15 +434,21 @@ def print_table(results: list[dict]) -> None:
         ("peak GiB", lambda r: f"{r['peak_bytes'] / 2**30:.3f}"),
         ("features kept on", lambda r: r["feature_device"] or "-"),
     ]
+    if any("difference_from_first_backend" in r for r in results):  # in 1/255: max / mean
+        rows.append(("vs first backend /255", lambda r: (lambda d: f"{d['max']:.1f}/{d['mean']:.3f}" if d else "-")(
+            r.get("difference_from_first_backend"))))
     kinds = [kind for r in results for kind in (r["call_kinds"] or {}) if kind]
     for kind in dict.fromkeys(kinds):  # each kind of call: "mean s (count)"
         rows.append((kind + " s", lambda r, kind=kind: (lambda k: f"{k['mean_s']:.3f} ({k['calls']})" if k else "-")(
             (r["call_kinds"] or {}).get(kind))))
     for name, value in rows:
         print(f"{name:>22}" + "".join(f"{value(r):>{width}}" for r in results))
+    def label(r):
+        return r["mode"] + (f" [{r['attention_backend']}]" if r.get("attention_backend") else "")
+
     base = results[0]
     for r in results[1:]:
-        print(f"{r['mode']} / {base['mode']}: total {r['total'] / base['total']:.2f}x, "
+        print(f"{label(r)} / {label(base)}: total {r['total'] / base['total']:.2f}x, "
               f"denoiser call {r['seconds_per_call'] / base['seconds_per_call']:.2f}x")
 
 
