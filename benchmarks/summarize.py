@@ -17,12 +17,16 @@ def rows(folder: pathlib.Path):
             frames = frames[0] if isinstance(frames, list) else frames
             backend = r.get("sdpa_backend") or args["sdpa_backend"] or ""
             backend = backend[0] if isinstance(backend, list) else backend
+            backend = " ".join(filter(None, [backend, r.get("attention_backend")]))
             setting = " ".join(filter(None, [args['arch'], f"{frames}x{args['width']}x{args['height']}", args['dtype'], backend]))
             rate = r.get("attention_flops_per_second")
             rate = f"{rate / 1e12:.1f}" if rate else "-"
             if "timings" in r:  # a whole edit
                 kinds = "; ".join(f"{kind} {k['mean_s']:.3f} s x{k['calls']}" for kind, k in (r.get("call_kinds") or {}).items())
                 where = f", features on {r['feature_device']}" if r.get("feature_device") else ""
+                if r.get("difference_from_first_backend"):
+                    d = r["difference_from_first_backend"]
+                    where += f", {d['max']:.1f}/255 max and {d['mean']:.3f}/255 mean from the first backend's video"
                 yield (path.stem, setting, r["mode"], f"{r['total']:.1f} s edit ({r['unet_calls']} U-Net calls, "
                        f"{r['seconds_per_call']:.3f} s each{where}{'; ' + kinds if kinds else ''})",
                        f"{r['peak_bytes'] / 2**30:.2f}", rate)
