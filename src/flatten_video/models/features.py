@@ -17,8 +17,8 @@ Two ways to have the source features at sampling time:
   U-Net call and handed to the other rows.
 
 ``"auto"`` picks one of them during inversion: ``"stored"`` when the features fit the accelerator's
-budget or the host's (by default half of the host's available memory), else ``"recompute"``. Which layers are recorded is
-:class:`~flatten_video.models.injection.InjectionSpec`'s rule.
+budget or the host's (by default half of the host's available memory), else ``"recompute"``.
+Which layers are recorded is :class:`~flatten_video.models.injection.InjectionSpec`'s rule.
 """
 
 from __future__ import annotations
@@ -180,4 +180,3 @@ class FeatureStore:
     def nbytes(self) -> int:
         """Bytes held by the recorded features."""
         return sum(t.numel() * t.element_size() for step in self.features.values() for t in step.values())
-

@@ -35,6 +35,7 @@ class FlattenSDXLPipeline(DiffusionPipeline, StableDiffusionXLLoraLoaderMixin, L
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
+    _optional_components = ["inverse_scheduler"]
     default_short_side = 1024
     upcast_vae = True
 

@@ -49,12 +49,12 @@ class DDIMInversion(InversionMethod):
         first_captured = next((t for t in timesteps if t in injected), None)  # inversion runs t upwards
         if feature_mode == "auto" and not injected:
             feature_mode = "stored"  # nothing to hold: an empty store, as stored mode gives
-        # Auto mode stores until it can tell the size of the store (at the first injected step).
-        # Kept in the dtype the denoiser computes in: features recomputed from the source latents
-        # (recompute mode, a resumed edit) are then the stored ones, not their float16 rounding.
+        # Stored and auto modes record until the size of the store can be told (at the first step
+        # recorded), then place it (:meth:`_place_store`); recorded on an accelerator that has a
+        # budget, so a store that stays there is never copied. Kept in the dtype the denoiser
+        # computes in: features recomputed from the source latents (recompute mode, a resumed
+        # edit) are then the stored ones, not their float16 rounding.
         dtype = request.feature_dtype or pipe.backbone.dtype
-        # Recorded where the first step decides (:meth:`_place_store`): on an accelerator that has
-        # a budget, so a store that stays there is never copied.
         where = device if budgets[0] is not None else "cpu"
         store = FeatureStore(storage_dtype=dtype, storage_device=where) if feature_mode != "recompute" else None
         inversion = FlattenInversion(
