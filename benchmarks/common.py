@@ -40,9 +40,13 @@ class AttentionFlops:
     4 * N * M * C per video for every softmax attention of N queries over M keys with C channels
     (Q K^T and the weighted sum of values, 2 FLOPs per multiply-add). Cross-attention is left out:
     its cost does not grow with the frames a token sees.
+
+    ``enabled=False`` counts nothing and changes nothing: under ``torch.compile`` the wrappers'
+    side effects (counters, clocks, synchronisations) would break and re-trace the graphs.
     """
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", enabled: bool = True):
+        self.enabled = enabled
         self.dense = 0
         self.flow_guided = 0
         self.seconds = 0.0  # wall time inside the two ops (synchronized on CUDA)
@@ -53,6 +57,8 @@ class AttentionFlops:
         return self.dense + self.flow_guided
 
     def __enter__(self):
+        if not self.enabled:
+            return self
         from flatten_video.models import attention
 
         self._module = attention
@@ -93,6 +99,8 @@ class AttentionFlops:
         return self
 
     def __exit__(self, *exc):
+        if not self.enabled:
+            return
         from flatten_video.models import wan_attention
 
         self._module.multihead_attention, self._module.flow_guided_attention = self._originals

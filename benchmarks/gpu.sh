@@ -18,7 +18,8 @@
 #    one transformer evaluation of 81 frames at 832x480, dsta vs dsta+flatten (target <= 1.05x)
 #    and per dispatcher backend; FlowEdit of 81 frames with and without FLATTEN (WAN_STEPS,
 #    default 4 of the 50; peak <= 16 GB); 241 frames in windows of 81 (peak <= 1.2x the 81-frame one);
-# 4. torch.compile of the U-Net's blocks (slowest to start);
+# 4. regional compilation (--compile: the repeated blocks) of the U-Net and of Wan's transformer:
+#    the first call's seconds include compiling, the timed one after it is the gain;
 # 5. what 2026-11-26 measured already, last: 128 frames in windows of 32 against 32 frames, an
 #    SDXL edit of 16 frames at 1024x1024, bf16, PyTorch's SDPA backends, channels-last;
 # then a table of everything (summary.md) beside the JSON and text files. About 12 minutes on an H200.
@@ -56,6 +57,7 @@ run wan-dispatcher wan21-1.3b --unet-pass --frames 81 --width 832 --height 480 -
 run wan-81 wan21-1.3b --frames 81 "${WAN[@]}" --steps "${WAN_STEPS:-4}" --attention dsta dsta+flatten
 run wan-241 wan21-1.3b --frames 241 "${WAN[@]}" --steps "${WAN_STEPS:-4}" --window 81 --overlap 8
 run unet-f32-compile sd21 --unet-pass --frames 32 "${SIZE[@]}" --dtype float16 --attention dsta+flatten --compile
+run wan-compile wan21-1.3b --unet-pass --frames 81 --width 832 --height 480 --dtype bfloat16 --attention dsta+flatten --compile
 run long-32 sd21 --frames 32 "${SIZE[@]}" "${EDIT[@]}" --dtype float16 --window 32
 run long-128 sd21 --frames 128 "${SIZE[@]}" "${EDIT[@]}" --dtype float16 --window 32
 run sdxl-16 sdxl --frames 16 --width 1024 --height 1024 "${EDIT[@]}" --dtype float16

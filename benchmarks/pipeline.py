@@ -176,7 +176,7 @@ def edit(pipe: FlattenPipeline, frames: torch.Tensor, args, mode: str, device: s
         start_kwargs = dict(num_inversion_steps=args.inversion_steps, inject_steps=args.inject_steps,
                             feature_mode=args.feature_mode)
         sample_kwargs = dict(guidance_scale=10.0)
-    with PeakMemory(device) as memory, AttentionFlops(device) as flops, \
+    with PeakMemory(device) as memory, AttentionFlops(device, enabled=not args.compile) as flops, \
             counted_calls(denoiser(pipe), device, args.call_times) as calls:
         with timed(timings, "flow", device):
             flows = estimate_flow(frames, "dis", progress=False)
@@ -228,14 +228,18 @@ def unet_pass(pipe: FlattenPipeline, args, mode: str, device: str, dtype, num_fr
     conditioning = Conditioning.cat([row] * args.rows)
     config = FlattenConfig(attention_mode=mode, window=0)
     with pipe.flatten_enabled(config, latent_frames, trajectories), torch.no_grad():
+        start = time.perf_counter()
         pipe.predict_noise(latents, 501, conditioning)
-        with PeakMemory(device) as memory, AttentionFlops(device) as flops:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        first_seconds = time.perf_counter() - start  # kernels loaded, autotuned, compiled (--compile)
+        with PeakMemory(device) as memory, AttentionFlops(device, enabled=not args.compile) as flops:
             start = time.perf_counter()
             pipe.predict_noise(latents, 501, conditioning)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-    result = dict(mode=mode, frames=num_frames, rows=args.rows, seconds=seconds, peak_bytes=memory.peak, attention_flops=flops.total,
+    result = dict(mode=mode, frames=num_frames, rows=args.rows, seconds=seconds, first_seconds=first_seconds, peak_bytes=memory.peak, attention_flops=flops.total,
                   attention_seconds=flops.seconds, attention_flops_per_second=flops.total / flops.seconds if flops.seconds else None)
     if args.controlnet:
         result["controlnet_seconds"] = controlnet_pass(pipe, latents, conditioning, device)
@@ -300,7 +304,9 @@ def main() -> None:
     parser.add_argument("--attention-backend", nargs="+", default=None,
                         help="diffusers' dispatcher backends to time in turn (native, _native_cudnn, flash, sage...); a whole "
                         "edit also gives each one's max and mean per-pixel difference from the first one's video")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net's blocks")
+    parser.add_argument("--compile", action="store_true", help="regional compilation of the denoiser's repeated blocks, "
+                        "as the library's --compile does (the first, untimed evaluation's seconds include compiling; "
+                        "attention FLOPs are not counted, their counter would break the graphs)")
     parser.add_argument("--channels-last", action="store_true", help="U-Net in channels-last memory format")
     parser.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload(): text encoder and VAE off the GPU while the U-Net runs")
     parser.add_argument("--unet-pass", action="store_true", help="time one U-Net evaluation of a guidance batch instead of a whole edit")
@@ -316,9 +322,9 @@ def main() -> None:
     dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
     if args.window is None:
         args.window = 81 if is_wan(args.arch) else 32
-    if args.compile or args.channels_last or args.controlnet:
+    if args.channels_last or args.controlnet:
         if is_wan(args.arch):
-            parser.error("--compile, --channels-last and --controlnet are the U-Net's")
+            parser.error("--channels-last and --controlnet are the U-Net's")
 
     if args.feature_device == "host":  # the rule before features could stay on the device, for comparison
         import flatten_video.pipelines.methods.ddim_inversion as ddim_inversion
@@ -332,10 +338,7 @@ def main() -> None:
     if args.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
     if args.compile:
-        for blocks in (pipe.unet.down_blocks, pipe.unet.up_blocks):
-            for block in blocks:
-                block.compile()
-        pipe.unet.mid_block.compile()
+        pipe.compile_repeated_blocks()
     built = time.perf_counter() - start
     print(f"machine: {machine()}, device {args.device}, {str(dtype).removeprefix('torch.')}")
     print(f"{args.arch}: {sum(p.numel() for p in denoiser(pipe).parameters()) / 1e6:.0f}M {pipe.denoiser_name} parameters, "
@@ -365,7 +368,7 @@ def main() -> None:
                     results.append(r)
                     save(args, results)
                     rate = f"{r['attention_flops_per_second'] / 1e9:.1f}" if r["attention_flops_per_second"] else "-"
-                    print(f"  {mode:>13}: {r['seconds']:8.3f} s, peak {r['peak_bytes'] / 2**30:6.2f} GiB, "
+                    print(f"  {mode:>13}: {r['seconds']:8.3f} s (first {r['first_seconds']:.1f} s), peak {r['peak_bytes'] / 2**30:6.2f} GiB, "
                           f"attention {r['attention_flops'] / 1e9:9.1f} GFLOP in {r['attention_seconds']:.3f} s ({rate} GFLOP/s)")
                     if "controlnet_seconds" in r:
                         print(f"  {'':>13}  a ControlNet on the same batch: {r['controlnet_seconds']:.3f} s "

@@ -32,6 +32,7 @@ def rows(folder: pathlib.Path):
                        f"{r['peak_bytes'] / 2**30:.2f}", rate)
             else:  # one U-Net evaluation
                 rows_ = f", {r['rows']} row{'s' if r['rows'] != 1 else ''}" if "rows" in r else ""
+                rows_ += f", first call {r['first_seconds']:.1f} s" if "first_seconds" in r else ""
                 yield (path.stem, setting, r["mode"], f"{r['seconds']:.3f} s U-Net pass{rows_}",
                        f"{r['peak_bytes'] / 2**30:.2f}", rate)
 
