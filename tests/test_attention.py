@@ -404,3 +404,19 @@ def test_the_backend_reaches_every_self_attention_and_changes_no_number_for_nati
     assert seen and set(seen) == {"native"} and torch.equal(native, default)
     with pytest.raises(ValueError, match="runs on CUDA GPUs"):
         tiny_pipe.set_attention_backend("sage")
+
+
+def test_compiling_the_repeated_blocks_compiles_them_alone_and_keeps_every_shape(tiny_sd_path, monkeypatch):
+    """Regional compilation: only the U-Net's transformer blocks are compiled (lazily: nothing
+    runs here), and dynamo may keep a graph for each shape of block a whole edit makes."""
+    import torch._dynamo
+    from diffusers.models.attention import BasicTransformerBlock
+
+    from flatten_video import FlattenPipeline
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # dynamo's default, restored after
+    pipe = FlattenPipeline.from_pretrained(tiny_sd_path)  # its own U-Net: the shared one stays eager
+    pipe.compile_repeated_blocks()
+    compiled = {type(m) for m in pipe.unet.modules() if getattr(m, "_compiled_call_impl", None) is not None}
+    assert compiled == {BasicTransformerBlock}
+    assert torch._dynamo.config.recompile_limit == FlattenPipeline.RECOMPILE_LIMIT

@@ -138,9 +138,20 @@ class FlattenMixin:
             check_attention_backend(backend, str(self._execution_device))
         self.attention_backend = backend
 
+    #: Graphs dynamo may keep for one block class: each shape of block (its level's channels and
+    #: tokens, whether it injects, the rows of the phase's batch: 1 inverting, 2 or 3 sampling) is
+    #: a graph of its own under the class's one ``forward``. An SD 2.1 edit makes about 18, past
+    #: dynamo's default of 8, beyond which the other blocks silently run uncompiled.
+    RECOMPILE_LIMIT = 64
+
     def compile_repeated_blocks(self, **kwargs) -> None:
         """``torch.compile`` of the denoiser's repeated blocks (diffusers' regional compilation: the
-        U-Net's ``BasicTransformerBlock``, Wan's ``WanTransformerBlock``): compile time is one block's."""
+        U-Net's ``BasicTransformerBlock``, Wan's ``WanTransformerBlock``): compile time is one block's
+        per shape of block. Raises dynamo's recompile limit, for the process, to at least
+        :attr:`RECOMPILE_LIMIT`."""
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, self.RECOMPILE_LIMIT)
         for name in (self.denoiser_name, f"{self.denoiser_name}_2"):
             model = getattr(self, name, None)
             if model is not None:
