@@ -141,7 +141,7 @@ class FlattenMixin:
     #: Graphs dynamo may keep for one block class: each shape of block (its level's channels and
     #: tokens, whether it injects, the rows of the phase's batch: 1 inverting, 2 or 3 sampling) is
     #: a graph of its own under the class's one ``forward``. An SD 2.1 edit makes about 18, past
-    #: dynamo's default of 8, beyond which the other blocks silently run uncompiled.
+    #: dynamo's default of 8, beyond which the other shapes run uncompiled (dynamo warns once).
     RECOMPILE_LIMIT = 64
 
     def compile_repeated_blocks(self, **kwargs) -> None:
