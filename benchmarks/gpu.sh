@@ -12,7 +12,8 @@
 #    default 10/20/8; the paper's 50/100/40 is FULL=1), per dispatcher backend on one seed: time,
 #    peak, each kind of U-Net call timed on its own (the first; inversion's, recording features
 #    or not; sampling's, injecting or not) and each backend's max and mean per-pixel difference
-#    from native's video; then with the features kept on the host (the placement before they
+#    from native's video (native's edit runs first and its first call loads the kernels: that call
+#    is reported on its own, compare per-call means); then with the features kept on the host (the placement before they
 #    could stay on the GPU), and one U-Net evaluation of 1 row (an inversion call);
 # 3. Wan 2.1 1.3B (bf16, random weights, the whole UMT5-XXL text encoder under model CPU offload):
 #    one transformer evaluation of 81 frames at 832x480, dsta vs dsta+flatten (target <= 1.05x)

@@ -239,8 +239,8 @@ def unet_pass(pipe: FlattenPipeline, args, mode: str, device: str, dtype, num_fr
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-    result = dict(mode=mode, frames=num_frames, rows=args.rows, seconds=seconds, first_seconds=first_seconds, peak_bytes=memory.peak, attention_flops=flops.total,
-                  attention_seconds=flops.seconds, attention_flops_per_second=flops.total / flops.seconds if flops.seconds else None)
+    result = dict(mode=mode, frames=num_frames, rows=args.rows, seconds=seconds, first_seconds=first_seconds,
+                  peak_bytes=memory.peak, attention_flops=flops.total, attention_seconds=flops.seconds, attention_flops_per_second=flops.total / flops.seconds if flops.seconds else None)
     if args.controlnet:
         result["controlnet_seconds"] = controlnet_pass(pipe, latents, conditioning, device)
     return result
