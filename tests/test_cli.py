@@ -333,6 +333,7 @@ BAD_INPUTS = [
     case(CLIP, "--attention-backend", "flash", error=r"the attention backend 'flash' runs on CUDA GPUs; on the CPU use native",
          id="backend-needs-cuda"),
     case(CLIP, "--compile", error=r"--compile needs a CUDA GPU", id="compile-on-cpu"),
+    case(CLIP, "--guidance-2", "3", error=r"--guidance-2 does not apply to Stable Diffusion .*checkpoints", id="guidance-2-on-sd"),
     case(CLIP, "--dtype", "float16", error=r"--dtype float16 does not run on the CPU; use float32 \(default\) or bfloat16", id="float16-on-cpu"),
     case(CLIP, "--inversion-steps", "3", error=r"sampling with 2 steps injects features at timesteps that inversion with 3 steps never visits", id="inversion-misses-injected-steps"),
     case(CLIP, "--cache-dir", "<inputs>/a-file", error=r"cannot keep inversions in .*a-file: .*a-file is a file, not a folder", id="cache-dir-is-a-file"),

@@ -305,6 +305,9 @@ def test_the_command_line_inverts_on_wan_and_reuses_the_cached_inversion(wan_pip
     (["--inversion-steps", "4"], r"--inversion-steps does not apply to Wan checkpoints"),
     (["--attention", "flatten"], r"unknown --attention for Wan 'flatten'; choose one of dsta, dsta\+flatten"),
     (["--method", "noise", "--n-max", "35"], r"unknown --method for Wan 'noise'; choose one of flowedit, inversion"),
+    (["--guidance-2", "3"], r"--guidance-2 is the low-noise expert's guidance of a two-expert checkpoint .* has one "
+                            r"transformer: leave it out"),
+    (["--guidance-2", "-1"], r"--guidance-2 must be"),
 ])
 def test_bad_wan_options_are_one_line_before_the_model_loads(wan_pipe, walk17, tmp_path, capsys, monkeypatch, extra,
                                                              message):
@@ -530,6 +533,55 @@ def test_two_experts_both_get_flatten_and_hand_over_at_the_boundary(wan, wan_pip
     same = pipe(inversion=start, prompt="", guidance_scale=3.0, source_guidance_scale=3.0, num_inference_steps=4,
                 n_max=4, output_type="latent", generator=torch.Generator().manual_seed(1)).frames
     assert torch.equal(same, start.latents)  # FlowEdit's identity holds across the hand-over
+
+
+def test_the_low_noise_expert_takes_guidance_scale_2_as_in_diffusers(wan, wan_pipe, monkeypatch):
+    import flatten_video.pipelines.pipeline_flatten_wan as wan_module
+    from flatten_video.pipelines.pipeline_flatten_wan import FlattenWanPipeline
+    from flatten_video.pipelines.samplers import guided
+
+    torch.manual_seed(7)
+    low_noise = WanTransformer3DModel.from_config(wan.config).eval()
+    two = FlattenWanPipeline(**{name: component for name, component in wan_pipe.components.items()
+                                if name != "transformer_2"}, transformer_2=low_noise, boundary_ratio=0.5)
+    two.set_progress_bar_config(disable=True)
+    start = two.invert_video(clip9(), num_inference_steps=4, flow_method="dis", generator=torch.Generator().manual_seed(0))
+    options = dict(inversion=start, prompt="a tiger", negative_prompt="blurry", num_inference_steps=4, n_max=4,
+                   output_type="latent")
+
+    timesteps, scales = [], []
+    for name in ("transformer", "transformer_2"):
+        getattr(two, name).register_forward_pre_hook(
+            lambda module, args, kwargs: timesteps.append(float(kwargs["timestep"][0])), with_kwargs=True)
+
+    def spy(prediction, scale, halves=None):
+        if halves is not None:  # the target's guidance (the source's is FlowEdit's own)
+            scales.append(scale)
+        return guided(prediction, scale, halves)
+
+    monkeypatch.setattr(wan_module, "guided", spy)
+    two(**options, guidance_scale=4.0, guidance_scale_2=2.0, generator=torch.Generator().manual_seed(1))
+    assert len(scales) == len(timesteps) and {t >= 500 for t in timesteps} == {True, False}
+    assert scales == [4.0 if t >= 500 else 2.0 for t in timesteps]  # boundary 0.5 x 1000, as the experts
+
+    monkeypatch.undo()
+    default = two(**options, guidance_scale=4.0, generator=torch.Generator().manual_seed(1)).frames
+    same = two(**options, guidance_scale=4.0, guidance_scale_2=4.0, generator=torch.Generator().manual_seed(1)).frames
+    unguided = two(**options, guidance_scale=4.0, guidance_scale_2=1.0, generator=torch.Generator().manual_seed(1)).frames
+    assert torch.equal(default, same) and not torch.equal(default, unguided) and torch.isfinite(unguided).all()
+    with pytest.raises(ValueError, match="two-expert checkpoint"):
+        wan_pipe(**options, guidance_scale_2=3.0)
+
+
+def test_guidance_of_a_step_that_is_not_guided_is_the_conditional_half():
+    from flatten_video.pipelines.samplers import guided
+
+    prediction = torch.randn(2, 3, 4)
+    uncond, cond = prediction.chunk(2)
+    assert torch.equal(guided(prediction, 5.0), uncond + 5.0 * (cond - uncond))
+    assert torch.equal(guided(prediction, 5.0, halves=True), guided(prediction, 5.0))
+    assert torch.equal(guided(prediction, 1.0, halves=True), cond)  # the rows were made for another step
+    assert guided(prediction, 1.0) is prediction and guided(prediction, 5.0, halves=False) is prediction
 
 
 # -- the benchmark, loading, and checkpoints this version refuses -------------------------------

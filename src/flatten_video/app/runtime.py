@@ -82,7 +82,19 @@ def check_runtime(runtime, settings=None) -> str:
             width = checkpoint_json(name, "config.json").get("cross_attention_dim")
             check_same_text_width(f"the {kind} ControlNet {name}", width, runtime.model)
         check_schedule(runtime.model, settings)
+        check_experts(runtime.model, settings)
     return device
+
+
+def check_experts(model: str, settings) -> None:
+    """A second expert's guidance (``--guidance-2``) needs a checkpoint with two (Wan 2.2 A14B's
+    ``transformer_2``); told from its ``model_index.json`` (nothing when it cannot be read)."""
+    if settings.guidance_2 is None:
+        return
+    index = model_index(model)
+    if index and index.get("transformer_2") in (None, [None, None]):
+        raise ValueError(f"--guidance-2 is the low-noise expert's guidance of a two-expert checkpoint (Wan 2.2 A14B); "
+                         f"{model} has one transformer: leave it out")
 
 
 def check_lora_fits(lora: str, model: str) -> None:

@@ -217,6 +217,10 @@ class EditSettings:
         defaults.GUIDANCE_SCALE, f"classifier-free guidance scale (default: {defaults.GUIDANCE_SCALE:g})", kwarg="guidance_scale", sampling_only=True,
         widget=Widget("slider", "Guidance scale", DIFFUSION, 1, 20, 0.5),
     )
+    guidance_2: float | None = option(
+        None, "Wan 2.2 A14B: the guidance where the low-noise expert denoises (default: --guidance; diffusers' "
+        "guidance_scale_2)", kwarg="guidance_scale_2", sampling_only=True, families=("wan",), positive=True,
+    )
     seed: int = option(
         defaults.SEED, f"random seed (default: {defaults.SEED})", inversion=True, minimum=0, maximum=2**64 - 1, why="torch's generators take 64 bits",
         widget=Widget("number", "Seed", DIFFUSION),

@@ -457,7 +457,7 @@ class FlattenMixin:
         rows = self._guidance_rows(prompt, negative_prompt, guidance_scale, latents)
         timesteps = sampling_timesteps(self.scheduler, inversion.num_inference_steps)
         return self._sample_with_injection(
-            inversion, rows, guidance_scale, len(timesteps),
+            inversion, rows, lambda t: guidance_scale, len(timesteps),
             lambda model: ddim_sample(model, latents, self.scheduler, timesteps, eta=eta, generator=generator,
                                       callback=self._step_callback(callback_on_step_end)),
         )
@@ -467,14 +467,15 @@ class FlattenMixin:
         rows = self._conditioning(text, latents)
         return Conditioning.cat([self._conditioning(negative_prompt, latents), rows]) if scale > 1.0 else rows
 
-    def _sample_with_injection(self, start: EditStart, rows: Conditioning, guidance_scale: float, steps: int,
-                               sampler: Callable) -> torch.Tensor:
+    def _sample_with_injection(self, start: EditStart, rows: Conditioning, guidance: Callable[[float], float],
+                               steps: int, sampler: Callable) -> torch.Tensor:
         """What sampling from a start shares whatever the sampler: FLATTEN scoped as the start
         records, the windows, the source features injected in the first ``start.inject_steps``
         steps (stored, or recomputed from a leading source row), guidance, a progress bar.
 
         Args:
             rows: the guidance rows of the target prompt.
+            guidance: the guidance scale at a timestep.
             steps: the model evaluations ``sampler`` makes (for the bar).
             sampler: ``sampler(model)`` runs the loop with ``model(latents, index, t)``, the guided
                 prediction of a step, and returns the final latents.
@@ -488,7 +489,8 @@ class FlattenMixin:
                             steps=steps, desc="Sampling") as evaluate:
 
             def model(latents, index, t):
-                return guided(self._sampling_noise(start, evaluate, index, t, latents, rows, source_row), guidance_scale)
+                noise = self._sampling_noise(start, evaluate, index, t, latents, rows, source_row)
+                return guided(noise, guidance(t), halves=rows.num_rows > 1)
 
             return sampler(model)
 

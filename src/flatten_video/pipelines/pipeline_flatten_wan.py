@@ -13,6 +13,7 @@ of both (``attention_mode="dsta+flatten"``) or off (``"dsta"``).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -210,6 +211,7 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         negative_prompt: str = "",
         *,
         guidance_scale: float = WAN_DEFAULTS["guidance_scale"],
+        guidance_scale_2: float | None = None,
         source_guidance_scale: float | None = None,
         n_max: int | None = None,
         n_min: int | None = None,
@@ -221,15 +223,27 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         records: FlowEdit from the source latents, or flow-matching sampling from an inversion.
 
         Args:
+            guidance_scale, guidance_scale_2: as :meth:`__call__`'s.
             source_guidance_scale, n_max, n_min, n_avg: FlowEdit's (None: its defaults); an
                 inversion refuses them.
 
         Returns:
             (1, 16, F', h, w) edited latents.
         """
+        guidance = self._guidance(guidance_scale, guidance_scale_2)
         options = self._sampling_options(start.method, start.num_inference_steps, source_guidance_scale=source_guidance_scale,
                                          n_max=n_max, n_min=n_min, n_avg=n_avg)
-        return self._sample(start, prompt, negative_prompt, guidance_scale, generator, callback_on_step_end, options)
+        return self._sample(start, prompt, negative_prompt, guidance, generator, callback_on_step_end, options)
+
+    def _guidance(self, guidance_scale: float, guidance_scale_2: float | None) -> TargetGuidance:
+        """The target's guidance at each timestep: ``guidance_scale``, and ``guidance_scale_2``
+        where Wan 2.2 A14B's low-noise expert denoises (diffusers' rule); ``ValueError`` for a
+        ``guidance_scale_2`` on a one-expert checkpoint."""
+        if guidance_scale_2 is not None and self.transformer_2 is None:
+            raise ValueError("guidance_scale_2 is the low-noise expert's guidance of a two-expert checkpoint (Wan 2.2 "
+                             "A14B); this one has one transformer: leave it out")
+        return TargetGuidance(guidance_scale, guidance_scale if guidance_scale_2 is None else guidance_scale_2,
+                              self.backbone)
 
     def _sampling_options(self, method: str, num_inference_steps: int, **given) -> dict:
         """The sampling options of ``method`` (FlowEdit's, its defaults filled; an inversion takes
@@ -240,22 +254,23 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
             self.check_flowedit(options["n_max"], options["n_min"], options["n_avg"], num_inference_steps)
         return options
 
-    def _sample(self, start: EditStart, prompt: str, negative_prompt: str, guidance_scale: float, generator,
+    def _sample(self, start: EditStart, prompt: str, negative_prompt: str, guidance: TargetGuidance, generator,
                 callback_on_step_end, options: dict) -> torch.Tensor:
-        """:meth:`sample` with its options resolved and checked."""
+        """:meth:`sample` with its guidance and options resolved and checked."""
         callback = self._step_callback(callback_on_step_end)
         with self._each_text_once():
             if start.method == "flowedit":
-                return self._flowedit(start, prompt, negative_prompt, guidance_scale, generator, callback, **options)
-            return self._sample_inverted(start, prompt, negative_prompt, guidance_scale, callback)
+                return self._flowedit(start, prompt, negative_prompt, guidance, generator, callback, **options)
+            return self._sample_inverted(start, prompt, negative_prompt, guidance, callback)
 
-    def _flowedit(self, start: EditStart, prompt: str, negative_prompt: str, guidance_scale: float, generator,
+    def _flowedit(self, start: EditStart, prompt: str, negative_prompt: str, guidance: TargetGuidance, generator,
                   callback, *, source_guidance_scale: float, n_max: int, n_min: int, n_avg: int) -> torch.Tensor:
         """FlowEdit from the source latents; the source and target rows (each with its guidance
         rows) share every model call."""
         source = start.latents.to(self._execution_device)
         source_rows = self._guidance_rows(start.source_prompt, negative_prompt, source_guidance_scale, source)
-        target_rows = self._guidance_rows(prompt, negative_prompt, guidance_scale, source)
+        target_rows = self._guidance_rows(prompt, negative_prompt, guidance.most, source)
+        halves = target_rows.num_rows > 1
         both = Conditioning.cat([source_rows, target_rows])
         timesteps, sigmas = flow_schedule(self.scheduler, start.num_inference_steps)
         calls = (n_max - n_min) * n_avg + n_min  # editing steps average n_avg noises; plain ones call once
@@ -267,23 +282,23 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
                 batch = torch.cat([z_src.expand(split, *z_src.shape[1:]),
                                    z_tar.expand(target_rows.num_rows, *z_tar.shape[1:])])
                 velocity = evaluate(batch, t, both)
-                return guided(velocity[:split], source_guidance_scale), guided(velocity[split:], guidance_scale)
+                return guided(velocity[:split], source_guidance_scale), guided(velocity[split:], guidance(t), halves)
 
             def target_velocity(z, index, t):
-                return guided(evaluate(z.expand(target_rows.num_rows, *z.shape[1:]), t, target_rows), guidance_scale)
+                return guided(evaluate(z.expand(target_rows.num_rows, *z.shape[1:]), t, target_rows), guidance(t), halves)
 
             return flowedit(edit_velocities, target_velocity, source, timesteps, sigmas, n_max=n_max, n_min=n_min,
                             n_avg=n_avg, generator=generator, callback=callback)
 
-    def _sample_inverted(self, start: EditStart, prompt: str, negative_prompt: str, guidance_scale: float,
+    def _sample_inverted(self, start: EditStart, prompt: str, negative_prompt: str, guidance: TargetGuidance,
                          callback) -> torch.Tensor:
         """Euler sampling of the flow ODE from the inverted noise with the target prompt; during
         the first ``start.inject_steps`` steps the source latent of the step leads the batch and
         every row takes its self-attention query and key (recomputed, never stored)."""
         latents = start.latents.to(self._execution_device)
-        rows = self._guidance_rows(prompt, negative_prompt, guidance_scale, latents)
+        rows = self._guidance_rows(prompt, negative_prompt, guidance.most, latents)
         timesteps, sigmas = flow_schedule(self.scheduler, start.num_inference_steps)
-        return self._sample_with_injection(start, rows, guidance_scale, len(timesteps),
+        return self._sample_with_injection(start, rows, guidance, len(timesteps),
                                            lambda model: euler_sample(model, latents, timesteps, sigmas, callback=callback))
 
     @torch.no_grad()
@@ -298,6 +313,7 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         attention_mode: str = "dsta+flatten",
         num_inference_steps: int = WAN_DEFAULTS["num_inference_steps"],
         guidance_scale: float = WAN_DEFAULTS["guidance_scale"],
+        guidance_scale_2: float | None = None,
         source_guidance_scale: float | None = None,
         n_max: int | None = None,
         n_min: int | None = None,
@@ -330,6 +346,8 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
                 sampling with the source's self-attention query and key injected).
             num_inference_steps: the flow-matching schedule (the scheduler's shift kept).
             guidance_scale: the target's guidance.
+            guidance_scale_2: Wan 2.2 A14B's: the target's guidance where the low-noise expert
+                denoises (None: ``guidance_scale``), as in diffusers' ``WanPipeline``.
             source_guidance_scale, n_max, n_min, n_avg: FlowEdit's: the source velocity's guidance,
                 the editing steps (the first ``num_inference_steps - n_max`` are skipped), the
                 last steps sampled plainly from the target, noises averaged per step (None: 3, 35,
@@ -350,6 +368,7 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         check_choice("output_type", output_type, OUTPUT_TYPES)
         prompts = prompt_list(prompt, negative_prompt)
         self.check_callback_inputs(callback_on_step_end_tensor_inputs)
+        guidance = self._guidance(guidance_scale, guidance_scale_2)
         method = self._method_name(inversion.method if inversion is not None else method)
         frames = None if video is None else frames_to_tensor(video)
         steps = inversion.num_inference_steps if inversion is not None else num_inference_steps
@@ -370,7 +389,7 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
                              "invert again with the new value")
         # 3. The edit (per prompt): FlowEdit, or sampling from the inversion; 4. Decode
         result = self._edit_each(
-            prompts, lambda prompt, negative: self._sample(inversion, prompt, negative, guidance_scale, generator,
+            prompts, lambda prompt, negative: self._sample(inversion, prompt, negative, guidance, generator,
                                                            callback_on_step_end, sampling),
             self.decode_latents, output_type,
         )
@@ -403,3 +422,21 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
                               inject_steps=inject_steps, generator=generator, flow_method=flow_method,
                               trajectories=trajectories, latents=latents, flows=flows, source_prompt=source_prompt)
         return self._make_start(request, method)
+
+
+@dataclass(frozen=True)
+class TargetGuidance:
+    """The target's guidance scale at a timestep: ``high`` where the high-noise transformer
+    denoises, ``low`` where Wan 2.2 A14B's low-noise expert does (the backbone's hand-over)."""
+
+    high: float
+    low: float
+    backbone: WanBackbone
+
+    @property
+    def most(self) -> float:
+        """The largest scale: the guidance rows are made when any step is guided."""
+        return max(self.high, self.low)
+
+    def __call__(self, timestep: float) -> float:
+        return self.high if self.backbone.expert_for(float(timestep)) is self.backbone.denoiser else self.low

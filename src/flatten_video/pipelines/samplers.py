@@ -9,13 +9,15 @@ from typing import Callable
 
 import torch
 
-def guided(prediction: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance of a prediction whose rows are (unconditional, conditional) halves;
-    the prediction itself when ``scale <= 1`` (no guidance rows were made)."""
-    if scale <= 1.0:
+def guided(prediction: torch.Tensor, scale: float, halves: bool | None = None) -> torch.Tensor:
+    """Classifier-free guidance of a prediction whose rows are (unconditional, conditional) halves
+    when ``halves`` (default: ``scale > 1``, when the guidance rows are made): uncond + scale x
+    (cond - uncond), or the conditional half alone at ``scale <= 1`` (a step that is not guided,
+    as Wan 2.2's low-noise expert at ``guidance_scale_2=1``); the prediction itself without halves."""
+    if not (scale > 1.0 if halves is None else halves):
         return prediction
     uncond, cond = prediction.chunk(2)
-    return uncond + scale * (cond - uncond)
+    return uncond + scale * (cond - uncond) if scale > 1.0 else cond
 
 
 #: model(latents (B, C, F', h, w), step index, timestep) -> noise prediction of the same shape.
