@@ -24,19 +24,25 @@
 # 5. what 2026-11-26 measured already, last: 128 frames in windows of 32 against 32 frames, an
 #    SDXL edit of 16 frames at 1024x1024, bf16, PyTorch's SDPA backends, channels-last;
 # then a table of everything (summary.md) beside the JSON and text files. About 12 minutes on an H200.
+#
+# On a machine without this package installed (a lent GPU machine: see gpu-device.sh), the
+# package is read from ../src.
 set -uo pipefail
 OUT=$(realpath -m "${1:-./gpu-results}")
 mkdir -p "$OUT"
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
+export PYTHONPATH="$(realpath ../src)${PYTHONPATH:+:$PYTHONPATH}"
 SIZE=(--width 512 --height 512)
 if [ "${FULL:-0}" = 1 ]; then EDIT=(--steps 50 --inversion-steps 100 --inject-steps 40)
 else EDIT=(--steps "${STEPS:-4}" --inversion-steps "${INV_STEPS:-8}" --inject-steps "${INJECT:-3}"); fi
 PAPER=(--steps "${STEPS:-10}" --inversion-steps "${INV_STEPS:-20}" --inject-steps "${INJECT:-8}")
 [ "${FULL:-0}" = 1 ] && PAPER=("${EDIT[@]}")
 
+STARTED=${FROM:+no}  # FROM=NAME: begin at that run (a second call of a run cut short)
 run() {  # run NAME ARCH ARGS...: one pipeline.py run, its output kept, a failure noted and passed over
   local name=$1 arch=$2; shift 2
+  if [ "${STARTED:-yes}" = no ]; then [ "$name" = "$FROM" ] && STARTED=yes || return 0; fi
   echo "== $(date +%T) $name: pipeline.py --arch $arch $*" | tee "$OUT/$name.txt"
   if ! timeout "${STEP_TIMEOUT:-240}" "$PY" pipeline.py --arch "$arch" "$@" --json "$OUT/$name.json" 2>&1 | tee -a "$OUT/$name.txt"; then
     echo "!! $name failed or ran out of time" | tee -a "$OUT/$name.txt"
