@@ -72,16 +72,18 @@ def feature_budget(feature_memory_budget: int | None = None) -> int | None:
 
 def device_budget(device: torch.device | str) -> int | None:
     """Bytes stored features may take on ``device``: half of a CUDA device's free memory (the
-    rest is left to sampling, whose batch is twice inversion's); None for a CPU or a device
+    rest is left to sampling, whose batch is twice inversion's), counting as free what PyTorch's
+    allocator holds unused (the VAE's encoding just gave it back); None for a CPU or a device
     whose free memory cannot be read (features then live on the host)."""
     device = torch.device(device)
     if device.type != "cuda":
         return None
     try:
         free, _ = torch.cuda.mem_get_info(device)
+        held = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     except RuntimeError:
         return None
-    return free // 2
+    return (free + held) // 2
 
 
 def feature_placement(estimate: int, on_device: int | None, on_host: int | None, mode: str) -> str:
