@@ -305,8 +305,8 @@ def test_the_command_line_inverts_on_wan_and_reuses_the_cached_inversion(wan_pip
     (["--inversion-steps", "4"], r"--inversion-steps does not apply to Wan checkpoints"),
     (["--attention", "flatten"], r"unknown --attention for Wan 'flatten'; choose one of dsta, dsta\+flatten"),
     (["--method", "noise", "--n-max", "35"], r"unknown --method for Wan 'noise'; choose one of flowedit, inversion"),
-    (["--guidance-2", "3"], r"--guidance-2 is the low-noise expert's guidance of a two-expert checkpoint .* has one "
-                            r"transformer: leave it out"),
+    (["--guidance-2", "3"], r"--guidance-2 is the low-noise expert's guidance of a two-expert checkpoint .* this one has "
+                            r"one transformer: leave it out"),
     (["--guidance-2", "-1"], r"--guidance-2 must be"),
 ])
 def test_bad_wan_options_are_one_line_before_the_model_loads(wan_pipe, walk17, tmp_path, capsys, monkeypatch, extra,

@@ -89,12 +89,12 @@ def check_runtime(runtime, settings=None) -> str:
 def check_experts(model: str, settings) -> None:
     """A second expert's guidance (``--guidance-2``) needs a checkpoint with two (Wan 2.2 A14B's
     ``transformer_2``); told from its ``model_index.json`` (nothing when it cannot be read)."""
-    if settings.guidance_2 is None:
-        return
-    index = model_index(model)
-    if index and index.get("transformer_2") in (None, [None, None]):
-        raise ValueError(f"--guidance-2 is the low-noise expert's guidance of a two-expert checkpoint (Wan 2.2 A14B); "
-                         f"{model} has one transformer: leave it out")
+    from ..pipelines.pipeline_flatten_wan import check_second_guidance
+
+    index = model_index(model) if settings.guidance_2 is not None else {}
+    if index:
+        check_second_guidance("--guidance-2", settings.guidance_2,
+                              two_experts=index.get("transformer_2") not in (None, [None, None]))
 
 
 def check_lora_fits(lora: str, model: str) -> None:

@@ -239,9 +239,7 @@ class FlattenWanPipeline(DiffusionPipeline, WanLoraLoaderMixin, LoraLoadingMixin
         """The target's guidance at each timestep: ``guidance_scale``, and ``guidance_scale_2``
         where Wan 2.2 A14B's low-noise expert denoises (diffusers' rule); ``ValueError`` for a
         ``guidance_scale_2`` on a one-expert checkpoint."""
-        if guidance_scale_2 is not None and self.transformer_2 is None:
-            raise ValueError("guidance_scale_2 is the low-noise expert's guidance of a two-expert checkpoint (Wan 2.2 "
-                             "A14B); this one has one transformer: leave it out")
+        check_second_guidance("guidance_scale_2", guidance_scale_2, two_experts=self.transformer_2 is not None)
         return TargetGuidance(guidance_scale, guidance_scale if guidance_scale_2 is None else guidance_scale_2,
                               self.backbone)
 
@@ -440,3 +438,10 @@ class TargetGuidance:
 
     def __call__(self, timestep: float) -> float:
         return self.high if self.backbone.expert_for(float(timestep)) is self.backbone.denoiser else self.low
+
+
+def check_second_guidance(name: str, value: float | None, *, two_experts: bool) -> None:
+    """``ValueError`` for a low-noise expert's guidance (``name``) on a one-expert checkpoint."""
+    if value is not None and not two_experts:
+        raise ValueError(f"{name} is the low-noise expert's guidance of a two-expert checkpoint (Wan 2.2 A14B); "
+                         "this one has one transformer: leave it out")
