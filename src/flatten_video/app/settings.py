@@ -306,8 +306,9 @@ class EditSettings:
     canny_high: int = option(200, "canny condition: upper hysteresis threshold (default: 200)", inversion=True, minimum=0,
                              **SD)
     feature_mode: str = option(
-        "auto", "how source features are held: stored (host RAM, ~22 GiB for 32 frames at 512), recompute "
-        "(~80 MB, ~40%% more sampling work), auto (stored if it fits in half the free RAM; default)",
+        "auto", "how source features are held: stored (~22 GiB for 32 frames at 512: on the GPU when that fits "
+        "half of its free memory, else in host RAM), recompute (~80 MB, ~40%% more sampling work), auto (stored if "
+        "it fits the GPU's half or half the free RAM; default)",
         kwarg="feature_mode", choices=FEATURE_MODES, **SD, widget=Widget("dropdown", "Source features", METHOD),
     )
     fps: float | None = option(None, "output frame rate (default: the sampled source's)", positive=True)
