@@ -59,16 +59,9 @@ def share_components(cls, pipeline, components: dict):
     ``StableDiffusionPipeline``, an SDXL or Wan one, or another FLATTEN pipeline), nothing copied
     or loaded (``cls``'s constructor makes the schedulers it samples with from the scheduler's
     config), its settings (SDXL's ``force_zeros_for_empty_prompt``, Wan 2.2's ``boundary_ratio``)
-    kept; ``components`` replace any of them. ``ValueError`` in one line for a pipeline of another
-    family (an SDXL pipeline for the SD one, say), as the registry tells it from its modules."""
+    kept; ``components`` replace any of them."""
     import inspect
 
-    from .registry import pipeline_for_index  # here: the registry imports every pipeline
-
-    family = pipeline_for_index(dict(pipeline.config))
-    if not issubclass(cls, family):
-        raise ValueError(f"a {cls.__name__} cannot be made from a {type(pipeline).__name__}: its modules are for "
-                         f"{family.__name__} ({family.__name__}.from_pipe(pipe))")
     wanted = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
     modules = pipeline.components
     shared = {name: module for name, module in modules.items() if name in wanted}
