@@ -29,7 +29,7 @@ def test_the_checkpoint_picks_its_pipeline(tiny_sdxl_path, tiny_sd_path):
     assert FlattenSDXLPipeline.default_short_side == 1024 and FlattenPipeline.default_short_side == 512
 
 
-def test_a_loaded_sdxl_pipeline_becomes_a_flatten_one_with_its_settings(tiny_sdxl_path, sdxl_pipe):
+def test_a_loaded_sdxl_pipeline_becomes_a_flatten_one_with_its_settings(tiny_sdxl_path, sdxl_pipe, tiny_pipe):
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     xl = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path, force_zeros_for_empty_prompt=False)
@@ -41,6 +41,11 @@ def test_a_loaded_sdxl_pipeline_becomes_a_flatten_one_with_its_settings(tiny_sdx
     shared = FlattenSDXLPipeline.from_pipe(xl)
     assert shared.text_encoder_2 is xl.text_encoder_2 and not shared.config.force_zeros_for_empty_prompt
     assert shared.encode_conditioning("", 64, 64).encoder_hidden_states.any()  # the empty prompt encoded
+    with pytest.raises(ValueError, match=r"a FlattenPipeline cannot be made from a StableDiffusionXLPipeline: its "
+                                         r"text_encoder_2 makes it a pipeline for FlattenSDXLPipeline"):
+        FlattenPipeline.from_pipe(xl)
+    with pytest.raises(ValueError, match=r"cannot be made from a FlattenPipeline: it has no text_encoder_2"):
+        FlattenSDXLPipeline.from_pipe(tiny_pipe)
 
 
 def test_rows_carry_pooled_text_and_time_ids(sdxl_pipe):

@@ -59,9 +59,14 @@ def share_components(cls, pipeline, components: dict):
     ``StableDiffusionPipeline``, an SDXL or Wan one, or another FLATTEN pipeline), nothing copied
     or loaded (``cls``'s constructor makes the schedulers it samples with from the scheduler's
     config), its settings (SDXL's ``force_zeros_for_empty_prompt``, Wan 2.2's ``boundary_ratio``)
-    kept; ``components`` replace any of them."""
+    kept; ``components`` replace any of them. ``ValueError`` in one line for a pipeline of another
+    family, told by a module ``cls.other_family_modules`` names (SDXL's second text encoder)."""
     import inspect
 
+    for name, other in getattr(cls, "other_family_modules", {}).items():
+        if pipeline.components.get(name) is not None:
+            raise ValueError(f"a {cls.__name__} cannot be made from a {type(pipeline).__name__}: its {name} makes it "
+                             f"a pipeline for {other} ({other}.from_pipe(pipe))")
     wanted = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
     modules = pipeline.components
     shared = {name: module for name, module in modules.items() if name in wanted}

@@ -37,6 +37,8 @@ class FlattenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, LoraLoa
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["inverse_scheduler"]
+    #: Modules of a pipeline whose U-Net this one cannot run, and the FLATTEN pipeline that can.
+    other_family_modules = {"text_encoder_2": "FlattenSDXLPipeline"}
 
     def __init__(
         self,
