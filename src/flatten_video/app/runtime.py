@@ -14,6 +14,7 @@ from ..hub import HubUnavailable, hub_kwargs, is_hub_id
 from ..models.attention_backends import check_attention_backend
 from ..pipelines import FlattenMixin, FlattenPipeline, FlattenSDXLPipeline, ModelLoadError, pipeline_for_index
 from ..pipelines.loading import check_lora, dtype_kwargs, is_single_file, load_single_file, lora_target, single_file_family
+from ..pipelines.pipeline_flatten_wan import check_second_guidance
 from .errors import error_line  # noqa: F401 - the web UI and the eval runner take it from here
 from .settings import DEFAULT_MODEL, DTYPES  # noqa: F401 - the web UI and scripts take them from here too
 
@@ -89,9 +90,9 @@ def check_runtime(runtime, settings=None) -> str:
 def check_experts(model: str, settings) -> None:
     """A second expert's guidance (``--guidance-2``) needs a checkpoint with two (Wan 2.2 A14B's
     ``transformer_2``); told from its ``model_index.json`` (nothing when it cannot be read)."""
-    from ..pipelines.pipeline_flatten_wan import check_second_guidance
-
-    index = model_index(model) if settings.guidance_2 is not None else {}
+    if settings.guidance_2 is None:
+        return
+    index = model_index(model)
     if index:
         check_second_guidance("--guidance-2", settings.guidance_2,
                               two_experts=index.get("transformer_2") not in (None, [None, None]))

@@ -8,7 +8,6 @@ from typing import Callable
 
 from ..hub import hub_kwargs, is_hub_id
 from .output import ModelLoadError
-from .schedule import ddim_schedulers
 
 
 def _one_line(error: BaseException) -> str:
@@ -31,8 +30,8 @@ def dtype_kwargs(kwargs: dict) -> dict:
 
 def load_pretrained(load: Callable, family: str, pretrained_model_name_or_path, kwargs: dict):
     """``load(path, **kwargs)`` (diffusers' ``from_pretrained``) with safetensors only unless
-    ``use_safetensors=False``, the checkpoint's scheduler as DDIM and its inverse, and any failure
-    as one :class:`ModelLoadError` line, the advice first."""
+    ``use_safetensors=False``, the checkpoint's scheduler config read as DDIM's (the constructor
+    makes the inverse from it), and any failure as one :class:`ModelLoadError` line, the advice first."""
     kwargs.setdefault("use_safetensors", True)
     try:
         if "scheduler" not in kwargs:
@@ -43,8 +42,7 @@ def load_pretrained(load: Callable, family: str, pretrained_model_name_or_path, 
                 subfolder="scheduler",
                 **{k: kwargs[k] for k in ("local_files_only", "cache_dir", "revision", "token") if k in kwargs},
             )
-            kwargs["scheduler"] = ddim_schedulers(config)[0]
-        kwargs.setdefault("inverse_scheduler", ddim_schedulers(kwargs["scheduler"].config)[1])
+            kwargs["scheduler"] = DDIMScheduler.from_config(config)
         return load(pretrained_model_name_or_path, **dtype_kwargs(kwargs))
     except (OSError, EnvironmentError, ValueError) as error:
         raise ModelLoadError(
@@ -63,17 +61,17 @@ def share_components(cls, pipeline, components: dict):
     family, told by a module ``cls.other_family_modules`` names (SDXL's second text encoder)."""
     import inspect
 
+    modules = pipeline.components
     for name, other in getattr(cls, "other_family_modules", {}).items():
-        if pipeline.components.get(name) is not None:
+        if modules.get(name) is not None:
             raise ValueError(f"a {cls.__name__} cannot be made from a {type(pipeline).__name__}: its {name} makes it "
                              f"a pipeline for {other} ({other}.from_pipe(pipe))")
-    wanted = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-    modules = pipeline.components
+    parameters = {name: p for name, p in inspect.signature(cls.__init__).parameters.items() if name != "self"}
+    wanted = list(parameters)
     shared = {name: module for name, module in modules.items() if name in wanted}
     shared.update({name: value for name, value in pipeline.config.items() if name in wanted and name not in modules})
     shared.update(components)
-    required = [name for name, parameter in inspect.signature(cls.__init__).parameters.items()
-                if name != "self" and parameter.default is inspect.Parameter.empty]
+    required = [name for name, parameter in parameters.items() if parameter.default is inspect.Parameter.empty]
     missing = [name for name in required if shared.get(name) is None]
     if missing:
         raise ValueError(f"a {cls.__name__} cannot be made from a {type(pipeline).__name__}: it has no "

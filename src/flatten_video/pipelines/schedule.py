@@ -29,8 +29,11 @@ def ddim_pair(scheduler, inverse_scheduler=None):
     """(DDIM scheduler, DDIM inverse scheduler) of a Stable Diffusion FLATTEN pipeline made with
     ``scheduler`` of any kind (a checkpoint's PNDM, Euler...): DDIM from its config, and
     ``inverse_scheduler`` when one is given, else DDIM's inverse from the same config."""
-    ddim, inverse = ddim_schedulers(dict(scheduler.config))
-    return ddim, inverse if inverse_scheduler is None else inverse_scheduler
+    if inverse_scheduler is None:
+        return ddim_schedulers(dict(scheduler.config))
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(scheduler.config), inverse_scheduler
 
 
 def inversion_timesteps(inverse_scheduler, num_inversion_steps: int) -> list[int]:

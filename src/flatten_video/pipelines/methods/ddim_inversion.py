@@ -42,7 +42,8 @@ class DDIMInversion(InversionMethod):
         feature_mode = request.feature_mode
         device = pipe._execution_device
         # Read before inversion allocates anything, so the figures are what the store may take.
-        budgets = (device_budget(device), feature_budget(request.feature_memory_budget) if feature_mode == "auto" else None)
+        on_device = device_budget(device)
+        on_host = feature_budget(request.feature_memory_budget) if feature_mode == "auto" else None
         timesteps = inversion_timesteps(pipe.inverse_scheduler, request.num_inversion_steps)
         step = pipe.inverse_scheduler.config.num_train_timesteps // request.num_inversion_steps
         injected = injected_timesteps(pipe.scheduler, request.num_inference_steps, request.inject_steps)
@@ -55,7 +56,7 @@ class DDIMInversion(InversionMethod):
         # computes in: features recomputed from the source latents (recompute mode, a resumed
         # edit) are then the stored ones, not their float16 rounding.
         dtype = request.feature_dtype or pipe.backbone.dtype
-        where = device if budgets[0] is not None else "cpu"
+        where = device if on_device is not None else "cpu"
         store = FeatureStore(storage_dtype=dtype, storage_device=where) if feature_mode != "recompute" else None
         inversion = FlattenInversion(
             latents=latents, trajectories=trajectories, config=request.config,
@@ -78,7 +79,7 @@ class DDIMInversion(InversionMethod):
 
                 noise = evaluate(latents, t, source_row, scope)
                 if capture and t == first_captured:
-                    self._place_store(inversion, evaluate.context, request.feature_mode, *budgets)
+                    self._place_store(inversion, evaluate.context, request.feature_mode, on_device, on_host)
                 return noise
 
             inversion.latents = ddim_invert(model, latents, pipe.inverse_scheduler, timesteps, step)
