@@ -355,15 +355,18 @@ def test_dense_attention_through_the_dispatcher_is_todays_sdpa_bitwise():
                                    atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name, message", [
-    ("bogus", "unknown attention backend 'bogus'; diffusers knows flash, .*native"),
-    ("flash", "the attention backend 'flash' runs on CUDA GPUs; on the CPU use native, _native_math, flex"),
+@pytest.mark.parametrize("name, device, message", [
+    ("bogus", "cpu", "unknown attention backend 'bogus'; diffusers knows flash, .*native"),
+    ("flash", "cpu", "the attention backend 'flash' runs on CUDA GPUs; on the CPU use native, _native_math, flex$"),
+    ("_native_npu", "cpu", "'_native_npu' runs on Ascend NPUs; on the CPU use native, _native_math, flex$"),
+    ("flex", "mps", r"'flex' runs on the CPU and CUDA GPUs; on Apple GPUs \(mps\) use native, _native_math$"),
+    ("_native_xla", "cuda", r"'_native_xla' runs on XLA devices \(TPUs\); on CUDA GPUs use native, _native_math, flash, .*sage"),
 ])
-def test_attention_backends_are_checked_in_one_line(name, message):
+def test_attention_backends_are_checked_in_one_line(name, device, message):
     from flatten_video.models.attention_backends import check_attention_backend
 
     with pytest.raises(ValueError, match=message):
-        check_attention_backend(name, "cpu")
+        check_attention_backend(name, device)
     assert check_attention_backend("_native_math", "cpu") == "_native_math"
 
 
