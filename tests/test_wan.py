@@ -15,7 +15,6 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from flatten_video.backbones import WanBackbone, backbone_for
 from flatten_video.models.context import FlattenConfig, FlattenContext
 from flatten_video.models.wan_attention import FlattenWanAttnProcessor
-from flatten_video.trajectories import Trajectories
 
 from test_trajectories import random_flows
 from flatten_video.trajectories import sample_trajectories

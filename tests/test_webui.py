@@ -20,7 +20,7 @@ import torch
 import torchvision.models._api as tv_weights_api
 
 from flatten_video import cli
-from flatten_video.app import webui
+from flatten_video.app import web_options, webui
 from flatten_video.app.settings import EditSettings, options_of
 from flatten_video.video import write_video
 
@@ -323,7 +323,7 @@ def test_web_command_cache_and_limit_options(monkeypatch, tmp_path, tiny_sd_path
     cli.main(["web", "--cache-dir", str(tmp_path / "c"), *model, "--max-frames", "16", "--max-upload-mb", "5"])
     cli.main(["web", "--no-cache", *model])
     assert [e.cache_dir for e in editors] == [tmp_path / "o" / "inversions", tmp_path / "c", None]
-    assert [e.max_frames for e in editors] == [webui.DEFAULT_MAX_FRAMES, 16, webui.DEFAULT_MAX_FRAMES]
+    assert [e.max_frames for e in editors] == [web_options.DEFAULT_MAX_FRAMES, 16, web_options.DEFAULT_MAX_FRAMES]
     assert uploads == [200, 5, 200]
 
 
@@ -347,7 +347,7 @@ def test_served_page_edits_a_video_end_to_end(tiny_sd_path, source, tmp_path):
     editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results")
     app = webui.build_app(editor)
     port = free_port()
-    app.launch(server_name=webui.DEFAULT_HOST, server_port=port, prevent_thread_lock=True, quiet=True,
+    app.launch(server_name=web_options.DEFAULT_HOST, server_port=port, prevent_thread_lock=True, quiet=True,
                allowed_paths=[str(editor.output_dir.absolute())])
     try:
         url = f"http://127.0.0.1:{port}/"

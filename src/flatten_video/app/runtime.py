@@ -15,8 +15,6 @@ from ..models.attention_backends import check_attention_backend
 from ..pipelines import FlattenMixin, FlattenPipeline, FlattenSDXLPipeline, ModelLoadError, pipeline_for_index
 from ..pipelines.loading import check_lora, dtype_kwargs, is_single_file, load_single_file, lora_target, single_file_family
 from ..pipelines.pipeline_flatten_wan import check_second_guidance
-from .errors import error_line  # noqa: F401 - the web UI and the eval runner take it from here
-from .settings import DEFAULT_MODEL, DTYPES  # noqa: F401 - the web UI and scripts take them from here too
 
 
 #: Errors that are the user's input or environment, told in one line without a traceback.

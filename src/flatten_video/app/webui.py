@@ -23,35 +23,27 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from ..families import FAMILIES
 from ..validation import check_num_frames, check_positive_number
 from ..video import write_video
 from .editing import control_images, edit_prompts, prepare_source, prompt_outputs
 from .runtime import (
-    DEFAULT_MODEL,
     USER_ERRORS,
     add_controlnets,
     check_controlnets,
     check_runtime,
     check_schedule,
     default_device,
-    error_line,
     load_pipeline,
     pipeline_class,
     resolve_dtype,
 )
-from ..families import FAMILIES
-from .settings import EditSettings, RuntimeSettings, flag, options_of
+from .errors import error_line
+from .settings import DEFAULT_MODEL, EditSettings, RuntimeSettings, flag, options_of
+from .web_options import DEFAULT_OUTPUT_DIR
 
 logger = logging.getLogger(__name__)
 
-from .web_options import (  # noqa: F401 - scripts and tests take them from here too
-    DEFAULT_HOST,
-    DEFAULT_MAX_FRAMES,
-    DEFAULT_MAX_UPLOAD_MB,
-    DEFAULT_OUTPUT_DIR,
-    DEFAULT_PORT,
-    add_web_arguments,
-)
 
 #: The clip bundled with the package (a pan over a CC0 photo of a cat), one click away on the page.
 SAMPLE_VIDEO = pathlib.Path(str(importlib.resources.files("flatten_video") / "assets" / "sample.mp4"))

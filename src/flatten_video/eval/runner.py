@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from ..app.editing import control_images, edit_prompts, invert_source, prepare_source
-from ..app.runtime import check_runtime, default_device, error_line, load_pipeline, pipeline_class, resolve_dtype
+from ..app.errors import error_line
+from ..app.runtime import check_runtime, default_device, load_pipeline, pipeline_class, resolve_dtype
 from ..app.settings import EditSettings, RuntimeSettings
 from ..flow import estimate_flow
 from ..timing import timed

@@ -29,8 +29,6 @@ from contextlib import contextmanager
 
 import torch
 
-from ..choices import FEATURE_MODES  # noqa: F401 - re-exported
-
 
 def available_memory(meminfo: str | os.PathLike = "/proc/meminfo") -> int | None:
     """Bytes of host memory available to new allocations, or None when it cannot be told.

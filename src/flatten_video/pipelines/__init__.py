@@ -1,6 +1,7 @@
 """FLATTEN pipelines: the shared mixin, the Stable Diffusion pipelines, editing methods, starts and outputs."""
 
-from .conditioning import Conditioning, fold_frames, stack_rows, unfold_frames
+from ..backbones.unet2d import fold_frames, unfold_frames
+from .conditioning import Conditioning, stack_rows
 from .controlnet import FlattenControlNetPipeline, FlattenSDXLControlNetPipeline
 from .inversion import EditStart, FlattenInversion
 from .methods import METHODS, EditMethod, EditRequest, register_method

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..backbones.unet2d import fold_frames, unfold_frames  # noqa: F401 - re-exported: the U-Net's layout
-
 logger = logging.getLogger(__name__)
 
 

@@ -27,7 +27,8 @@ from ..flow import FLOW_METHODS, estimate_flow
 from ..latent_frames import compose_flows
 from ..models.attention_backends import check_attention_backend
 from ..models.context import FlattenConfig, FlattenContext
-from ..models.features import FEATURE_MODES, FeatureStore
+from ..choices import FEATURE_MODES
+from ..models.features import FeatureStore
 from ..models.injection import InjectionSpec
 from ..timing import timed
 from ..trajectories import Trajectories, sample_trajectory_pyramid
