@@ -279,6 +279,16 @@ def inputs(tmp_path) -> pathlib.Path:
     save_file({f"{kohya}.lora_down.weight": torch.zeros(4, 2048), f"{kohya}.lora_up.weight": torch.zeros(640, 4)},
               str(folder / "sdxl-kohya.safetensors"))
     save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 1536)}, str(folder / "wan-lora.safetensors"))
+    # Without cross-attention keys the text width cannot tell: the shapes of what they adapt do.
+    own = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    save_file({f"unet.{own}.lora_A.weight": torch.zeros(4, 640), f"unet.{own}.lora_B.weight": torch.zeros(640, 4)},
+              str(folder / "self-attention-lora.safetensors"))
+    kohya = "lora_unet_" + own.replace(".", "_")
+    save_file({f"{kohya}.lora_down.weight": torch.zeros(4, 640), f"{kohya}.lora_up.weight": torch.zeros(640, 4),
+               f"{kohya}.alpha": torch.tensor(4.0)}, str(folder / "self-attention-kohya.safetensors"))
+    deep = own.replace("transformer_blocks.0", "transformer_blocks.7")  # SDXL's deeper transformers
+    save_file({f"unet.{deep}.lora_A.weight": torch.zeros(4, 32), f"unet.{deep}.lora_B.weight": torch.zeros(32, 4)},
+              str(folder / "deep-lora.safetensors"))
     (folder / "sdxl-controlnet").mkdir()
     (folder / "sdxl-controlnet" / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel",
                                                                         "cross_attention_dim": 2048}))
@@ -343,6 +353,13 @@ BAD_INPUTS = [
     case(CLIP, "--lora", "<inputs>/sdxl-lora.safetensors", error=r"the LoRA .*sdxl-lora\.safetensors is for SDXL \(its "
          r"cross-attention reads 2048-wide text\); .*tiny-sd is a U-Net \(32\)", id="sdxl-lora-on-sd"),
     case(CLIP, "--lora", "<inputs>/sdxl-kohya.safetensors", error=r"sdxl-kohya\.safetensors is for SDXL", id="sdxl-kohya-lora-on-sd"),
+    case(CLIP, "--lora", "<inputs>/self-attention-lora.safetensors", error=r"the LoRA .*self-attention-lora\.safetensors does "
+         r"not fit .*tiny-sd: its down_blocks\.1\.attentions\.0\.transformer_blocks\.0\.attn1\.to_q maps 640 features to "
+         r"640, the model's 32 to 32 \(a LoRA trained on another model\)$", id="other-widths-lora"),
+    case(CLIP, "--lora", "<inputs>/self-attention-kohya.safetensors", error=r"self-attention-kohya\.safetensors does not fit "
+         r".*attn1\.to_q maps 640 features", id="other-widths-kohya-lora"),
+    case(CLIP, "--lora", "<inputs>/deep-lora.safetensors", error=r"deep-lora\.safetensors does not fit .*tiny-sd: the "
+         r"model's unet has no down_blocks\.1\.attentions\.0\.transformer_blocks\.7\.attn1\.to_q", id="other-blocks-lora"),
     case(CLIP, "--lora", "<inputs>/wan-lora.safetensors", error=r"wan-lora\.safetensors is for a video transformer \(Wan\)",
          id="wan-lora-on-sd"),
     case(CLIP, "--control", "canny=<inputs>/sdxl-controlnet", error=r"the canny ControlNet .*sdxl-controlnet is for SDXL "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from conftest import REFERENCE_CASES, moving_texture, require_reference
 from flatten_video import FlattenPipeline, Trajectories
@@ -405,6 +405,15 @@ def test_bad_loras_get_a_clear_error_and_pickles_are_not_read(tiny_sd_path, tiny
     torch.save(load_file(tiny_lora_path / "pytorch_lora_weights.safetensors"), pickled / "pytorch_lora_weights.bin")
     with pytest.raises(ModelLoadError, match="could not load the LoRA"):
         pipe.load_loras([pickled])
+    # One of another model's widths that no check caught before loading (a single-file model's):
+    # torch's dozens of size mismatches become one line.
+    block = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    save_file({f"unet.{block}.lora_A.weight": torch.zeros(4, 640), f"unet.{block}.lora_B.weight": torch.zeros(640, 4)},
+              str(tmp_path / "wide.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"wide\.safetensors.: it was trained on another model \(2 tensors of other "
+                                             r"shapes; the first: size mismatch for down_blocks\.1\..*to_q\.lora_A") as info:
+        pipe.load_loras([tmp_path / "wide.safetensors"])
+    assert "\n" not in str(info.value)
     assert pipe.loras == []
 
 

@@ -448,6 +448,21 @@ def wan_lora(wan_pipe, tmp_path_factory):
     return target
 
 
+def test_a_wan_lora_is_checked_against_the_transformers_shapes_before_loading(wan_pipe, wan_lora, tmp_path):
+    from safetensors.torch import save_file
+
+    from flatten_video.app.runtime import check_lora_fits
+
+    model = wan_pipe.name_or_path
+    check_lora_fits(str(wan_lora), model)  # its own LoRA fits
+    # One for the 1.3B model (1536 wide): the same module, other widths.
+    save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 1536),
+               "transformer.blocks.0.attn1.to_q.lora_B.weight": torch.zeros(1536, 4)}, str(tmp_path / "big.safetensors"))
+    with pytest.raises(ValueError, match=r"big\.safetensors does not fit .*: its blocks\.0\.attn1\.to_q maps 1536 features "
+                                         r"to 1536, the model's 24 to 24 \(a LoRA trained on another model\)$"):
+        check_lora_fits(str(tmp_path / "big.safetensors"), model)
+
+
 def test_a_lora_changes_the_wan_edit_and_flatten_runs_on_it(wan_pipe, wan_lora):
     from flatten_video.pipelines.pipeline_flatten_wan import FlattenWanPipeline
 

@@ -13,7 +13,15 @@ from ..families import FAMILIES
 from ..hub import HubUnavailable, hub_kwargs, is_hub_id
 from ..models.attention_backends import check_attention_backend
 from ..pipelines import FlattenMixin, FlattenPipeline, FlattenSDXLPipeline, ModelLoadError, pipeline_for_index
-from ..pipelines.loading import check_lora, dtype_kwargs, is_single_file, load_single_file, lora_target, single_file_family
+from ..pipelines.loading import (
+    check_lora,
+    dtype_kwargs,
+    is_single_file,
+    load_single_file,
+    lora_misfit,
+    lora_target,
+    single_file_family,
+)
 from ..pipelines.pipeline_flatten_wan import check_second_guidance
 
 
@@ -107,6 +115,12 @@ def check_lora_fits(lora: str, model: str) -> None:
     if denoiser != family.denoiser:
         raise ValueError(f"the LoRA {lora} is for a {LORA_TARGETS[denoiser]}, and {model} is {family.label}")
     check_same_text_width(f"the LoRA {lora}", width, model)
+    index = checkpoint_json(model, "model_index.json")
+    entry = index.get(family.denoiser)
+    config = checkpoint_json(model, f"{family.denoiser}/config.json")
+    why = lora_misfit(lora, family.denoiser, entry[1], dict(config)) if isinstance(entry, list) and config else None
+    if why:
+        raise ValueError(f"the LoRA {lora} does not fit {model}: {why} (a LoRA trained on another model)")
 
 
 #: What a LoRA of each denoiser was trained on, as messages say it.

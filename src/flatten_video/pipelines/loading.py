@@ -137,6 +137,53 @@ def lora_target(source: str | os.PathLike) -> tuple[str, int | None] | None:
     return None
 
 
+def _lora_state_dict(source: str | os.PathLike, denoiser: str, config: dict) -> dict:
+    """The LoRA's tensors for ``denoiser`` ("unet" or "transformer") in peft's names, read
+    and converted from kohya's or diffusers' older forms as diffusers' loaders do it."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin, WanLoraLoaderMixin
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    if denoiser == "unet":
+        state, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(str(source), unet_config=config)
+    else:
+        state = WanLoraLoaderMixin.lora_state_dict(str(source))
+    prefix = f"{denoiser}."
+    state = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    return state if any(".lora_A." in key for key in state) else convert_unet_state_dict_to_peft(state)
+
+
+def lora_misfit(source: str | os.PathLike, denoiser: str, class_name: str, config: dict) -> str | None:
+    """Why a local LoRA cannot go on a denoiser (diffusers class ``class_name`` made from
+    ``config``, its "unet" or "transformer"), from shapes alone: the first module it adapts that
+    the denoiser lacks or that has other widths, as a phrase; None when it fits or cannot be told
+    (a hub id, a layout diffusers cannot read). The denoiser is built on the meta device, so no
+    weights are read or allocated."""
+    import diffusers
+    import torch
+
+    if is_hub_id(source) or not hasattr(diffusers, class_name):
+        return None
+    try:
+        state = _lora_state_dict(source, denoiser, config)
+        with torch.device("meta"):
+            modules = dict(getattr(diffusers, class_name).from_config(config).named_modules())
+    except Exception:  # noqa: BLE001 - an unreadable layout is for loading to report
+        return None
+    for key, down in state.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        name = key[: -len(".lora_A.weight")]
+        module, up = modules.get(name), state.get(f"{name}.lora_B.weight")
+        weight = getattr(module, "weight", None)
+        if weight is None:
+            return f"the model's {denoiser} has no {name}"
+        lora_shape = (down.shape[1], up.shape[0] if up is not None else weight.shape[0])
+        if lora_shape != (weight.shape[1], weight.shape[0]):
+            return (f"its {name} maps {lora_shape[0]} features to {lora_shape[1]}, the model's "
+                    f"{weight.shape[1]} to {weight.shape[0]}")
+    return None
+
+
 class LoraLoadingMixin:
     """``load_loras`` for pipelines with diffusers' LoRA loader (``load_lora_weights``, ``set_adapters``).
 
@@ -165,6 +212,14 @@ class LoraLoadingMixin:
                 raise ModelLoadError(
                     f"could not load the LoRA {str(source)!r}: give a .safetensors file, a folder holding one, or a "
                     f"hub id ({_one_line(error)})"
+                ) from error
+            except RuntimeError as error:  # torch's load_state_dict: one line per tensor of other shapes
+                mismatches = [line.strip() for line in str(error).splitlines() if line.strip().startswith("size mismatch")]
+                if not mismatches:
+                    raise
+                raise ModelLoadError(
+                    f"could not load the LoRA {str(source)!r}: it was trained on another model ({len(mismatches)} "
+                    f"tensors of other shapes; the first: {mismatches[0]})"
                 ) from error
             self.loras.append((str(source), float(scale)))
         if self.loras:
