@@ -491,3 +491,18 @@ def test_a_gif_faster_than_gifs_can_play_is_written_at_50_fps_and_says_so(tmp_pa
     written = write_video(level_clip(4), tmp_path / "fast.gif", fps=100000)
     assert read_video(written, 4).fps == pytest.approx(50, abs=0.5)
     assert any("written at 50 fps, not 100000" in r.getMessage() for r in caplog.records)
+
+
+def test_16_bit_greyscale_frames_keep_their_levels(tmp_path):
+    """PIL opens a 16-bit greyscale PNG as I;16 and its RGB conversion clips at 255: a mid-grey
+    ramp must stay a mid-grey ramp, in a frame folder and as PIL frames given to write_video."""
+    ramp = np.linspace(0, 65535, 32 * 48).reshape(32, 48).astype(np.uint16)
+    for index in range(2):
+        Image.fromarray(ramp).save(tmp_path / f"{index}.png")
+    assert Image.open(tmp_path / "0.png").mode.startswith("I")
+    clip = read_video(tmp_path, 2, width=48, height=32)
+    expected = torch.from_numpy((ramp / 257.0 + 0.5).astype(np.uint8) / 255.0).float()
+    for channel in range(3):
+        torch.testing.assert_close(clip.frames[0, channel], expected, atol=1e-6, rtol=0)
+    out = write_video([Image.open(tmp_path / "0.png")] * 2, tmp_path / "grey.gif", fps=4)
+    assert abs(float(read_video(out, 2, width=48, height=32).frames.mean()) - 0.5) < 0.02

@@ -133,9 +133,19 @@ def _center_crop(img: Image.Image, aspect: float) -> Image.Image:
     return img.crop((left, top, left + cw, top + ch))
 
 
+def rgb_image(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB. 16-bit greyscale frames (PIL's I;16 and I modes, as exported
+    by compositing and grading tools) are scaled from 0..65535: PIL's own conversion would clip
+    them at 255, turning nearly every pixel white."""
+    if img.mode.startswith("I"):
+        levels = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(np.clip(levels + 0.5, 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
 def _fit(img: Image.Image, size: tuple[int, int], crop: bool) -> np.ndarray:
     """Resize a PIL image to ``size`` (W, H); returns (H, W, 3) uint8."""
-    img = img.convert("RGB")
+    img = rgb_image(img)
     if crop:
         img = _center_crop(img, size[0] / size[1])
     if img.size != size:
@@ -326,7 +336,7 @@ def _to_uint8(frames, what: str) -> list[np.ndarray]:
         sizes = {f.size for f in frames}
         if len(sizes) > 1:
             raise VideoError(f"{what}: all images must have the same size, got {sorted(sizes)}")
-        return [np.asarray(f.convert("RGB")) for f in frames]
+        return [np.asarray(rgb_image(f)) for f in frames]
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().to("cpu", torch.float32).numpy()
     try:

@@ -9,6 +9,8 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
+from ..video import rgb_image
+
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
@@ -38,7 +40,7 @@ def frames_to_tensor(video) -> torch.Tensor:
     elif isinstance(video, np.ndarray):
         frames = torch.from_numpy(video).permute(0, 3, 1, 2)
     elif isinstance(video, (list, tuple)) and video and isinstance(video[0], PIL.Image.Image):
-        frames = torch.from_numpy(np.stack([np.asarray(f.convert("RGB")) for f in video])).permute(0, 3, 1, 2)
+        frames = torch.from_numpy(np.stack([np.asarray(rgb_image(f)) for f in video])).permute(0, 3, 1, 2)
     else:
         raise ValueError("video must be a (F, 3, H, W) tensor, a (F, H, W, 3) array or a list of PIL images")
     if frames.dtype == torch.uint8:
