@@ -506,3 +506,24 @@ def test_16_bit_greyscale_frames_keep_their_levels(tmp_path):
         torch.testing.assert_close(clip.frames[0, channel], expected, atol=1e-6, rtol=0)
     out = write_video([Image.open(tmp_path / "0.png")] * 2, tmp_path / "grey.gif", fps=4)
     assert abs(float(read_video(out, 2, width=48, height=32).frames.mean()) - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("transfer, named", [(18, "HLG"), (16, "PQ"), (1, None)])
+def test_an_hdr_clip_says_in_one_line_that_it_is_edited_as_sdr(tmp_path, caplog, transfer, named):
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p10le"
+        stream.codec_context.color_trc = transfer
+        for _ in range(2):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 128, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame.reformat(format="yuv420p10le")))
+        container.mux(stream.encode())
+    with caplog.at_level("INFO", logger="flatten_video"):
+        clip = read_video(path, 2, short_side=64, size_multiple=8)
+    assert abs(float(clip.frames.mean()) - 0.5) < 0.02  # 10-bit frames read at their levels
+    said = [record.getMessage() for record in caplog.records if "HDR" in record.getMessage()]
+    if named:
+        assert len(said) == 1 and f"phone.mp4 is HDR ({named})" in said[0] and "SDR" in said[0]
+    else:
+        assert said == []

@@ -215,11 +215,26 @@ def _open(path: pathlib.Path):
     return container, container.streams.video[0]
 
 
+#: FFmpeg's transfer characteristics of HDR video (AVColorTransferCharacteristic), as messages name them.
+HDR_TRANSFERS = {16: "PQ", 18: "HLG"}
+
+
+def _say_if_hdr(path: pathlib.Path, stream) -> None:
+    """One line when the clip is HDR (a phone's HLG, a grade's PQ): its frames are read as 8-bit
+    SDR RGB without tone mapping, and the edit is written SDR."""
+    transfer = HDR_TRANSFERS.get(getattr(stream.codec_context, "color_trc", None))
+    if transfer:
+        logger.info("%s is HDR (%s): its frames are read as SDR without tone mapping and the edit is written SDR, "
+                    "so its colours look flatter than in an HDR player", path.name, transfer)
+
+
 def _probe(path: pathlib.Path) -> tuple[int, float, bool]:
-    """(frame count, fps, whether it has audio) of a video file. The count comes from the container
-    header, else from demuxing (reading packets is cheap; nothing is decoded)."""
+    """(frame count, fps, whether it has audio) of a video file, saying in one line if it is HDR.
+    The count comes from the container header, else from demuxing (reading packets is cheap;
+    nothing is decoded)."""
     container, stream = _open(path)
     with container:
+        _say_if_hdr(path, stream)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps, audio = (float(rate) if rate else DEFAULT_FPS), bool(container.streams.audio)
         if stream.frames:
