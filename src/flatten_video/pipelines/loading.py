@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 from typing import Callable
@@ -184,6 +185,23 @@ def lora_misfit(source: str | os.PathLike, denoiser: str, class_name: str, confi
     return None
 
 
+@contextlib.contextmanager
+def _without_diffusers_failure_log():
+    """diffusers' peft loader logs a failed LoRA's whole error (dozens of lines) before raising it;
+    the caller raises it again as one line, so that log record is dropped while loading."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "was unsuccessful with the following error" not in record.getMessage()
+
+    logger = logging.getLogger("diffusers.loaders.peft")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 class LoraLoadingMixin:
     """``load_loras`` for pipelines with diffusers' LoRA loader (``load_lora_weights``, ``set_adapters``).
 
@@ -207,7 +225,8 @@ class LoraLoadingMixin:
         for source in sources:
             hub = check_lora(source)
             try:
-                self.load_lora_weights(str(source), adapter_name=f"lora{len(self.loras)}", use_safetensors=True, **hub)
+                with _without_diffusers_failure_log():
+                    self.load_lora_weights(str(source), adapter_name=f"lora{len(self.loras)}", use_safetensors=True, **hub)
             except (OSError, EnvironmentError, ValueError, KeyError) as error:
                 raise ModelLoadError(
                     f"could not load the LoRA {str(source)!r}: give a .safetensors file, a folder holding one, or a "
