@@ -16,9 +16,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="flatten-video-torch-home-")
 atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], True)  # a test run leaves nothing in $TMPDIR
-# Gradio keeps uploads and cached examples in its temp folder: one of the run's own, removed too.
+# Gradio keeps uploads and cached examples in its temp folder, and torch.compile its kernels in
+# inductor's cache: folders of the run's own, removed too.
 os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="flatten-video-gradio-")
 atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="flatten-video-inductor-")
+atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -341,9 +341,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_served_page_edits_a_video_end_to_end(tiny_sd_path, source, tmp_path):
+def test_served_page_edits_a_video_end_to_end(tiny_sd_path, source, tmp_path, monkeypatch):
+    import tempfile
+
     from gradio_client import Client, handle_file
 
+    # gradio_client downloads each result into a folder of its own under the system's temp dir and
+    # moves it out, leaving the folder: give it the test's, so the run leaves nothing in $TMPDIR.
+    (tmp_path / "client").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "client"))
     editor = webui.Editor(str(tiny_sd_path), device="cpu", output_dir=tmp_path / "results")
     app = webui.build_app(editor)
     port = free_port()
