@@ -112,6 +112,14 @@ def check_lora(source: str | os.PathLike) -> dict:
     return {}
 
 
+def _lora_file(source: str | os.PathLike) -> pathlib.Path | None:
+    """The local safetensors file a LoRA source names (a file, or the first in a folder); None
+    for a hub id or nothing there."""
+    path = pathlib.Path(source)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path] if path.is_file() else []
+    return files[0] if files else None
+
+
 def lora_target(source: str | os.PathLike) -> tuple[str, int | None] | None:
     """What a local LoRA file (or the one in a folder) was trained on, from its tensors' names and
     shapes, without loading them: ("unet", width of the text its cross-attention reads: 768 for
@@ -119,11 +127,10 @@ def lora_target(source: str | os.PathLike) -> tuple[str, int | None] | None:
     (a hub id, an unknown layout)."""
     from safetensors import safe_open
 
-    path = pathlib.Path(source)
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path] if path.is_file() else []
-    if not files:
+    path = _lora_file(source)
+    if path is None:
         return None
-    with safe_open(str(files[0]), framework="pt") as file:
+    with safe_open(str(path), framework="pt") as file:
         keys = list(file.keys())
         for key in keys:
             # The cross-attention key projection reads the text: its input width names the family
@@ -138,16 +145,23 @@ def lora_target(source: str | os.PathLike) -> tuple[str, int | None] | None:
     return None
 
 
-def _lora_state_dict(source: str | os.PathLike, denoiser: str, config: dict) -> dict:
-    """The LoRA's tensors for ``denoiser`` ("unet" or "transformer") in peft's names, read
-    and converted from kohya's or diffusers' older forms as diffusers' loaders do it."""
+def _lora_state_dict(file: pathlib.Path, denoiser: str, config: dict) -> dict:
+    """The LoRA's tensors for ``denoiser`` ("unet" or "transformer") in peft's names, converted
+    from kohya's or diffusers' older forms as diffusers' loaders do it. Only the shapes are read:
+    every tensor is on the meta device except the scalar alphas, whose values the conversion reads."""
+    import torch
     from diffusers.loaders import StableDiffusionLoraLoaderMixin, WanLoraLoaderMixin
     from diffusers.utils import convert_unet_state_dict_to_peft
+    from safetensors import safe_open
 
+    with safe_open(str(file), framework="pt") as opened:
+        shapes = {key: opened.get_slice(key).get_shape() for key in opened.keys()}
+        tensors = {key: opened.get_tensor(key) if len(shape) <= 1 and sum(shape) <= 1 else torch.empty(shape, device="meta")
+                   for key, shape in shapes.items()}
     if denoiser == "unet":
-        state, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(str(source), unet_config=config)
+        state, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(tensors, unet_config=config)
     else:
-        state = WanLoraLoaderMixin.lora_state_dict(str(source))
+        state = WanLoraLoaderMixin.lora_state_dict(tensors)
     prefix = f"{denoiser}."
     state = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
     return state if any(".lora_A." in key for key in state) else convert_unet_state_dict_to_peft(state)
@@ -162,10 +176,11 @@ def lora_misfit(source: str | os.PathLike, denoiser: str, class_name: str, confi
     import diffusers
     import torch
 
-    if is_hub_id(source) or not hasattr(diffusers, class_name):
+    file = None if is_hub_id(source) else _lora_file(source)
+    if file is None or not hasattr(diffusers, class_name):
         return None
     try:
-        state = _lora_state_dict(source, denoiser, config)
+        state = _lora_state_dict(file, denoiser, config)
         with torch.device("meta"):
             modules = dict(getattr(diffusers, class_name).from_config(config).named_modules())
     except Exception:  # noqa: BLE001 - an unreadable layout is for loading to report

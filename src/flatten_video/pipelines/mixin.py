@@ -22,12 +22,12 @@ from tqdm.auto import tqdm
 
 from .. import defaults
 from ..backbones import Backbone, backbone_for
+from ..choices import FEATURE_MODES
 from ..families import FAMILIES
 from ..flow import FLOW_METHODS, estimate_flow
 from ..latent_frames import compose_flows
 from ..models.attention_backends import check_attention_backend
 from ..models.context import FlattenConfig, FlattenContext
-from ..choices import FEATURE_MODES
 from ..models.features import FeatureStore
 from ..models.injection import InjectionSpec
 from ..timing import timed
